@@ -1,0 +1,3 @@
+from algoforge_jax.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""Orbax checkpoints of model parameters, restorable onto any mesh.
+
+A model checkpoint is a directory with two orbax items, the layout that `orbax.checkpoint.CheckpointManager`
+also gives each step under `WORKDIR/checkpoints/<stage>/<step>`:
+
+    CKPT/params/        the parameters as a nested dict of arrays (written shard by shard from every host)
+    CKPT/model_config/  the model's config as HF-style JSON plus our dtype fields
+    CKPT/tokenizer/     tokenizer files, when the source had them
+
+Restore builds the abstract model for the *target* mesh first, so orbax reads each shard straight onto the
+devices that keep it. Optimizer state and training metadata are the training loop's business, not this file's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh
+
+from algoforge_jax import sharding
+from algoforge_jax.convert.hf import copy_tokenizer_files, load_hf_model
+from algoforge_jax.errors import UserError
+from algoforge_jax.models.build import abstract_model
+from algoforge_jax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
+
+_OURS = ("dtype", "param_dtype", "checkpoint_dtype")
+
+
+def config_to_json(cfg: Qwen2Config) -> dict:
+    return {**cfg.to_hf_config(), **{k: getattr(cfg, k) for k in _OURS}}
+
+
+def config_from_json(data: dict, source: str, **overrides) -> Qwen2Config:
+    ours = {k: data[k] for k in _OURS if k in data}
+    return Qwen2Config.from_hf_config(data, source=source, **{**ours, **overrides})
+
+
+def is_orbax_checkpoint(path) -> bool:
+    return (Path(path) / "params").is_dir() and (Path(path) / "model_config").is_dir()
+
+
+def save_model(path, model: Qwen2ForCausalLM, tokenizer_dir=None) -> Path:
+    """Writes params and config to `path` (must not exist), then copies tokenizer files beside them."""
+    path = Path(path).absolute()
+    if path.exists():
+        raise UserError(f"{path}: already exists; choose a new checkpoint directory")
+    args = ocp.args.Composite(
+        params=ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
+        model_config=ocp.args.JsonSave(config_to_json(model.config)),
+    )
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        ckptr.save(path, args=args)
+    if tokenizer_dir is not None:
+        (path / "tokenizer").mkdir()
+        copy_tokenizer_files(Path(tokenizer_dir), path / "tokenizer")
+    return path
+
+
+def read_config(path, **overrides) -> Qwen2Config:
+    path = Path(path).absolute()
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        data = ckptr.restore(path, args=ocp.args.Composite(model_config=ocp.args.JsonRestore())).model_config
+    return config_from_json(data, source=str(path / "model_config"), **overrides)
+
+
+def load_model(path, mesh: Mesh, rules=sharding.SAMPLE_RULES, **overrides) -> Qwen2ForCausalLM:
+    """Restores a checkpoint onto `mesh` with `rules`; `overrides` change config fields such as dtype.
+
+    Parameters are restored in the checkpoint's own dtype unless `param_dtype` is overridden.
+    """
+    path = Path(path).absolute()
+    if not is_orbax_checkpoint(path):
+        raise UserError(f"{path}: not an orbax model checkpoint (expected params/ and model_config/ inside)")
+    cfg = read_config(path, **overrides)
+    graphdef, abstract = abstract_model(cfg, mesh, rules)
+    target = nnx.to_pure_dict(abstract)
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        try:
+            restored = ckptr.restore(path, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))).params
+        except (ValueError, KeyError) as e:
+            raise UserError(f"{path / 'params'}: does not match {path / 'model_config'}: {e}") from None
+    nnx.replace_by_pure_dict(abstract, restored)
+    return nnx.merge(graphdef, abstract)
+
+
+def tokenizer_dir(model_path) -> Path | None:
+    """Where a model directory (HF or orbax) keeps its tokenizer files, if anywhere."""
+    path = Path(model_path)
+    for candidate in (path / "tokenizer", path):
+        if any((candidate / f).exists() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
+            return candidate
+    return None
+
+
+def load_pretrained(path, mesh: Mesh, rules=sharding.SAMPLE_RULES, **overrides) -> Qwen2ForCausalLM:
+    """A model from either a Hugging Face directory or an orbax checkpoint of ours."""
+    path = Path(path)
+    if is_orbax_checkpoint(path):
+        return load_model(path, mesh, rules, **overrides)
+    if (path / "config.json").exists():
+        return load_hf_model(path, mesh, rules, **overrides)
+    raise UserError(f"{path}: neither a Hugging Face model directory (config.json) nor an orbax checkpoint")

@@ -1,0 +1,55 @@
+"""`algoforge` command line: one subcommand per module, imported only when that subcommand runs.
+
+Each command module exposes `configure(parser)` (adds its flags) and `main(args) -> int`. Keeping imports lazy
+means `algoforge --help` answers in well under a second, without importing JAX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from algoforge_jax.errors import UserError
+
+# name -> (module, one-line help). Modules are imported on use.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("algoforge_jax.generate", "sample from a model (HF directory or orbax checkpoint); JSON lines out"),
+    "convert": ("algoforge_jax.convert.cli", "convert checkpoints between Hugging Face and orbax"),
+    "init-model": ("algoforge_jax.convert.cli_init", "write a randomly initialised HF-format model from a preset"),
+    "score": ("eval.score", "run completions in the sandbox against a benchmark's tests"),
+}
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="algoforge",
+        description="Train and evaluate Planner/Coder code agents (AlgoForge) in JAX.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == selected:  # only the chosen command's module is imported
+            importlib.import_module(module).configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    if selected is not None and selected not in COMMANDS:
+        selected = None
+    parser = build_parser(selected)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.main(args) or 0)
+    except UserError as e:
+        print(f"algoforge {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"algoforge {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,274 @@
+"""Hugging Face <-> JAX conversion of Qwen2 checkpoints, driven by one declarative key table.
+
+Import reads `config.json` and the `*.safetensors` files (single or sharded with `model.safetensors.index.json`)
+one tensor at a time through a memory map, and writes each straight onto its target sharding: a 14B model never
+exists as a whole in host memory, and on a multi-host mesh each host reads only the slices it keeps. Export
+gathers one tensor at a time and writes safetensors (split with an index above `max_shard_bytes`) plus
+config.json, generation_config.json and the tokenizer files, a directory that
+`transformers.AutoModelForCausalLM.from_pretrained` loads with no code of ours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import struct
+from pathlib import Path
+from typing import Callable, Iterator
+
+import jax
+import ml_dtypes
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from algoforge_jax import sharding
+from algoforge_jax.errors import UserError
+from algoforge_jax.models.build import abstract_model
+from algoforge_jax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM, load_hf_config
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
+INDEX_FILE = "model.safetensors.index.json"
+
+# ------------------------------------------------------------------------------------------ key table
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyRule:
+    """One HF tensor name pattern <-> one JAX parameter path, with the reshapes between their layouts."""
+
+    hf: str  # may contain {i} (layer index)
+    jax: str  # dotted path into the model's state; may contain {i}
+    to_jax: Callable[[np.ndarray, Qwen2Config], np.ndarray] = lambda w, c: w
+    to_hf: Callable[[np.ndarray, Qwen2Config], np.ndarray] = lambda w, c: w
+
+    def hf_regex(self) -> re.Pattern:
+        return re.compile("^" + re.escape(self.hf).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+
+
+def _heads(w, c, n):  # torch Linear [n*H, D] -> kernel [D, n, H]
+    return w.T.reshape(c.hidden_size, n, c.head_size)
+
+
+def _unheads(k, c):  # kernel [D, n, H] -> torch Linear [n*H, D]
+    return k.reshape(c.hidden_size, -1).T
+
+
+_N = lambda c: c.num_attention_heads  # noqa: E731
+_K = lambda c: c.num_key_value_heads  # noqa: E731
+_T = lambda w, c: w.T  # noqa: E731
+
+KEY_TABLE: tuple[KeyRule, ...] = (
+    KeyRule("model.embed_tokens.weight", "embed_tokens"),
+    KeyRule("model.norm.weight", "norm.weight"),
+    KeyRule("lm_head.weight", "lm_head", _T, _T),
+    KeyRule("model.layers.{i}.input_layernorm.weight", "layers.{i}.input_layernorm.weight"),
+    KeyRule("model.layers.{i}.post_attention_layernorm.weight", "layers.{i}.post_attention_layernorm.weight"),
+    KeyRule("model.layers.{i}.self_attn.q_proj.weight", "layers.{i}.self_attn.q_proj", lambda w, c: _heads(w, c, _N(c)), _unheads),
+    KeyRule("model.layers.{i}.self_attn.k_proj.weight", "layers.{i}.self_attn.k_proj", lambda w, c: _heads(w, c, _K(c)), _unheads),
+    KeyRule("model.layers.{i}.self_attn.v_proj.weight", "layers.{i}.self_attn.v_proj", lambda w, c: _heads(w, c, _K(c)), _unheads),
+    KeyRule("model.layers.{i}.self_attn.q_proj.bias", "layers.{i}.self_attn.q_bias", lambda w, c: w.reshape(_N(c), -1), lambda w, c: w.reshape(-1)),
+    KeyRule("model.layers.{i}.self_attn.k_proj.bias", "layers.{i}.self_attn.k_bias", lambda w, c: w.reshape(_K(c), -1), lambda w, c: w.reshape(-1)),
+    KeyRule("model.layers.{i}.self_attn.v_proj.bias", "layers.{i}.self_attn.v_bias", lambda w, c: w.reshape(_K(c), -1), lambda w, c: w.reshape(-1)),
+    # o_proj: torch [D, N*H] -> kernel [N, H, D]
+    KeyRule("model.layers.{i}.self_attn.o_proj.weight", "layers.{i}.self_attn.o_proj",
+            lambda w, c: w.T.reshape(_N(c), c.head_size, c.hidden_size), lambda k, c: k.reshape(-1, c.hidden_size).T),
+    KeyRule("model.layers.{i}.mlp.gate_proj.weight", "layers.{i}.mlp.gate_proj", _T, _T),
+    KeyRule("model.layers.{i}.mlp.up_proj.weight", "layers.{i}.mlp.up_proj", _T, _T),
+    KeyRule("model.layers.{i}.mlp.down_proj.weight", "layers.{i}.mlp.down_proj", _T, _T),
+)
+_HF_PATTERNS = [(rule, rule.hf_regex()) for rule in KEY_TABLE]
+
+
+def hf_to_jax_key(name: str) -> tuple[KeyRule, str] | None:
+    for rule, pattern in _HF_PATTERNS:
+        if m := pattern.match(name):
+            return rule, rule.jax.format(**m.groupdict())
+    return None
+
+
+def jax_to_hf_key(path: str) -> tuple[KeyRule, str]:
+    for rule in KEY_TABLE:
+        pattern = re.compile("^" + re.escape(rule.jax).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+        if m := pattern.match(path):
+            return rule, rule.hf.format(**m.groupdict())
+    raise KeyError(f"no HF name for parameter {path!r}")
+
+
+# ----------------------------------------------------------------------------------- safetensors I/O
+
+_ST_DTYPES = {
+    "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+
+
+def read_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields (name, array) from a .safetensors file as zero-copy memory-mapped views (bf16 included)."""
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        try:
+            header = json.loads(f.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{path}: not a safetensors file (bad header)") from None
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _ST_DTYPES:
+            raise UserError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+        begin, end = info["data_offsets"]
+        yield name, data[begin:end].view(_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """Writes a .safetensors file (metadata format=pt, as transformers expects)."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, arr in tensors.items():
+        header[name] = {"dtype": _ST_NAMES[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for arr in tensors.values():
+            f.write(np.ascontiguousarray(arr).tobytes())
+    os.replace(tmp, path)
+
+
+def safetensors_files(model_dir: Path) -> list[Path]:
+    index = model_dir / INDEX_FILE
+    if index.exists():
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise UserError(f"{index}: field 'weight_map' missing or not an object")
+        files = [model_dir / f for f in dict.fromkeys(weight_map.values())]
+        for f in files:
+            if not f.exists():
+                raise UserError(f"{index}: lists {f.name}, which does not exist")
+        return files
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{model_dir}: no *.safetensors files (and no {INDEX_FILE})")
+    return files
+
+
+# ----------------------------------------------------------------------------------------- import
+
+
+def _flat_abstract(abstract: nnx.State) -> dict[str, jax.ShapeDtypeStruct]:
+    return {".".join(map(str, path)): leaf for path, leaf in nnx.to_flat_state(abstract)}
+
+
+def _place(host: np.ndarray, target: jax.ShapeDtypeStruct) -> jax.Array:
+    """Puts a host array onto its target sharding; each device reads only its own slice (cast there)."""
+    dtype = target.dtype
+    return jax.make_array_from_callback(target.shape, target.sharding, lambda idx: np.asarray(host[idx], dtype=dtype))
+
+
+def load_hf_state(model_dir: Path, cfg: Qwen2Config, abstract: nnx.State) -> nnx.State:
+    """Fills an abstract state from HF safetensors, checking every tensor's name and shape."""
+    targets = _flat_abstract(abstract)
+    loaded: dict[str, jax.Array] = {}
+    for file in safetensors_files(model_dir):
+        for name, tensor in read_safetensors(file):
+            match = hf_to_jax_key(name)
+            if match is None or match[1] not in targets:
+                if name == "lm_head.weight" and cfg.tie_word_embeddings:
+                    continue  # some tied checkpoints still store the (identical) head
+                raise UserError(f"{file}: unexpected tensor {name!r} (not part of this Qwen2 config)")
+            rule, path = match
+            if path in loaded:
+                raise UserError(f"{file}: tensor {name!r} is set twice")
+            host = rule.to_jax(tensor, cfg)
+            if host.shape != targets[path].shape:
+                raise UserError(
+                    f"{file}: tensor {name!r} has shape {list(tensor.shape)}, config.json implies "
+                    f"{list(rule.to_hf(np.empty(targets[path].shape, np.int8), cfg).shape)}"
+                )
+            loaded[path] = _place(host, targets[path])
+    missing = sorted(jax_to_hf_key(p)[1] for p in targets.keys() - loaded.keys())
+    if missing:
+        raise UserError(f"{model_dir}: missing tensor(s) {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return nnx.from_flat_state({tuple(_int_keys(p)): v for p, v in loaded.items()})
+
+
+def _int_keys(path: str) -> list:
+    return [int(p) if p.isdigit() else p for p in path.split(".")]
+
+
+def load_hf_model(model_dir, mesh: Mesh, rules=sharding.SAMPLE_RULES, **overrides) -> Qwen2ForCausalLM:
+    """A sharded model from a Hugging Face directory. `overrides` set config fields such as dtype."""
+    model_dir = Path(model_dir)
+    cfg = load_hf_config(model_dir / "config.json", **overrides)
+    graphdef, abstract = abstract_model(cfg, mesh, rules)
+    state = load_hf_state(model_dir, cfg, abstract)
+    return nnx.merge(graphdef, state)
+
+
+# ----------------------------------------------------------------------------------------- export
+
+
+def export_hf(model: Qwen2ForCausalLM, out_dir, *, tokenizer_dir=None, dtype: str | None = None,
+              max_shard_bytes: int = 4 << 30, generation_config: dict | None = None) -> Path:
+    """Writes `model` as a Hugging Face directory, one tensor in host memory at a time."""
+    cfg = model.config if dtype is None else model.config.replace(checkpoint_dtype=dtype)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np_dtype = np.dtype(ml_dtypes.bfloat16) if cfg.checkpoint_dtype == "bfloat16" else np.dtype(cfg.checkpoint_dtype)
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        rule, name = jax_to_hf_key(".".join(map(str, path)))
+        host = rule.to_hf(np.asarray(jax.device_get(var[...])), cfg).astype(np_dtype)
+        if size and size + host.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = np.ascontiguousarray(host)
+        size += host.nbytes
+    _write_shards(out_dir, shards)
+    (out_dir / "config.json").write_text(json.dumps(cfg.to_hf_config(), indent=2) + "\n")
+    gen = generation_config or {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
+                                "pad_token_id": cfg.pad_token_id}
+    (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    if tokenizer_dir is not None:
+        copy_tokenizer_files(Path(tokenizer_dir), out_dir)
+    return out_dir
+
+
+def _write_shards(out_dir: Path, shards: list[dict[str, np.ndarray]]) -> None:
+    for stale in list(out_dir.glob("*.safetensors")) + [out_dir / INDEX_FILE]:
+        stale.unlink(missing_ok=True)
+    if len(shards) == 1:
+        write_safetensors(out_dir / "model.safetensors", shards[0])
+        return
+    weight_map, total = {}, 0
+    for k, shard in enumerate(shards, 1):
+        fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+        write_safetensors(out_dir / fname, shard)
+        weight_map.update({name: fname for name in shard})
+        total += sum(a.nbytes for a in shard.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src / name).exists() and (src / name).resolve() != (dst / name).resolve():
+            shutil.copyfile(src / name, dst / name)
+            copied.append(name)
+    return copied

@@ -1,0 +1,417 @@
+"""Qwen2 / Qwen2.5 decoder-only language model in Flax NNX.
+
+One file for the family: the config (with Hugging Face conversion both ways and named presets), the layers, and
+the KV cache used for incremental decoding. Parameter names mirror Hugging Face's so the conversion table in
+`convert/hf.py` stays short. Every parameter carries `logical_axes` metadata; `sharding.py` maps those names to
+mesh axes. Nothing here mentions devices.
+
+Left out on purpose: sliding-window attention (no Qwen2.5 checkpoint enables it; a config that does is refused),
+dropout (attention_dropout is 0.0 in every release), and rope scaling (YaRN is opt-in upstream, refused here).
+
+Shape glossary:
+  B batch, T query length, S key/cache length, D embed, N query heads, K kv heads, G = N // K,
+  H head dim, F mlp hidden, V vocab, L layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from algoforge_jax.errors import UserError
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2Config:
+    """Architecture of a Qwen2-family model plus the dtypes it computes and stores in."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int = 32768
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads (true for every Qwen2.5 size)
+    dtype: str = "float32"  # activations and matmuls; softmax, norms and RoPE are always fp32
+    param_dtype: str = "float32"  # how parameters are stored
+    checkpoint_dtype: str = "bfloat16"  # dtype written to HF safetensors on export
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+    sliding_window: int | None = None  # kept only to write back; use_sliding_window=True is refused
+    max_window_layers: int | None = None
+
+    def __post_init__(self):
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        for name in ("dtype", "param_dtype", "checkpoint_dtype"):
+            if getattr(self, name) not in _DTYPES:
+                raise ValueError(f"{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return _DTYPES[self.dtype]
+
+    @property
+    def weight_dtype(self) -> jnp.dtype:
+        return _DTYPES[self.param_dtype]
+
+    def replace(self, **changes) -> "Qwen2Config":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_hf_config(cls, hf: dict[str, Any], source: str = "config.json", **overrides) -> "Qwen2Config":
+        """Builds a config from a Hugging Face `config.json` dict (transformers 4.x or 5.x spelling)."""
+        return _from_hf_config(cls, hf, source, overrides)
+
+    def to_hf_config(self) -> dict[str, Any]:
+        """The `config.json` dict that `transformers.AutoConfig` reads back as an equal Qwen2Config."""
+        return _to_hf_config(self)
+
+
+def _hf_field(hf: dict[str, Any], name: str, source: str):
+    if name not in hf:
+        raise UserError(f"{source}: missing field {name!r}")
+    return hf[name]
+
+
+def _rope_theta(hf: dict[str, Any], source: str) -> float:
+    # transformers 5 writes rope_parameters={"rope_theta":..., "rope_type":...}; hub files have rope_theta.
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in ("default", None):
+        raise UserError(f"{source}: field 'rope_parameters.rope_type' = {rope_type!r} is not supported (only 'default')")
+    theta = hf.get("rope_theta", params.get("rope_theta"))
+    if theta is None:
+        raise UserError(f"{source}: missing field 'rope_theta' (or 'rope_parameters.rope_theta')")
+    return float(theta)
+
+
+def _from_hf_config(cls, hf: dict[str, Any], source: str, overrides: dict[str, Any]) -> Qwen2Config:
+    model_type = hf.get("model_type")
+    if model_type not in ("qwen2", None):
+        raise UserError(f"{source}: field 'model_type' = {model_type!r}, expected 'qwen2'")
+    if hf.get("use_sliding_window", False):
+        raise UserError(f"{source}: field 'use_sliding_window' is true; sliding-window attention is not implemented")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise UserError(f"{source}: field 'hidden_act' = {hf['hidden_act']!r}, expected 'silu'")
+    stored = hf.get("dtype", hf.get("torch_dtype")) or "bfloat16"
+    fields = dict(
+        vocab_size=_hf_field(hf, "vocab_size", source),
+        hidden_size=_hf_field(hf, "hidden_size", source),
+        intermediate_size=_hf_field(hf, "intermediate_size", source),
+        num_hidden_layers=_hf_field(hf, "num_hidden_layers", source),
+        num_attention_heads=_hf_field(hf, "num_attention_heads", source),
+        num_key_value_heads=hf.get("num_key_value_heads", hf.get("num_attention_heads")),
+        max_position_embeddings=hf.get("max_position_embeddings", 32768),
+        rope_theta=_rope_theta(hf, source),
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        head_dim=hf.get("head_dim"),
+        checkpoint_dtype=stored if stored in _DTYPES else "bfloat16",
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=hf.get("eos_token_id"),
+        pad_token_id=hf.get("pad_token_id"),
+        sliding_window=hf.get("sliding_window"),
+        max_window_layers=hf.get("max_window_layers"),
+    )
+    for name, value in fields.items():
+        if name in ("rope_theta", "rms_norm_eps", "tie_word_embeddings", "checkpoint_dtype"):
+            continue
+        if name.endswith("_size") or name.startswith("num_") or name == "max_position_embeddings":
+            if not isinstance(value, int) or value <= 0:
+                raise UserError(f"{source}: field {name!r} must be a positive integer, got {value!r}")
+    try:
+        return cls(**{**fields, **overrides})
+    except ValueError as e:
+        raise UserError(f"{source}: {e}") from None
+
+
+def _to_hf_config(cfg: Qwen2Config) -> dict[str, Any]:
+    hf = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_act": "silu",
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rope_theta": cfg.rope_theta,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "torch_dtype": cfg.checkpoint_dtype,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_id,
+        "pad_token_id": cfg.pad_token_id,
+        "sliding_window": cfg.sliding_window,
+        "max_window_layers": cfg.max_window_layers if cfg.max_window_layers is not None else cfg.num_hidden_layers,
+    }
+    if cfg.head_dim is not None:
+        hf["head_dim"] = cfg.head_dim
+    return hf
+
+
+def load_hf_config(path, **overrides) -> Qwen2Config:
+    """Reads `config.json` from a file path, naming the file in any error."""
+    try:
+        with open(path) as f:
+            hf = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    return Qwen2Config.from_hf_config(hf, source=str(path), **overrides)
+
+
+# Published architectures (the `config.json` of each Hugging Face release).
+_QWEN25 = dict(rope_theta=1_000_000.0, max_position_embeddings=32768, bos_token_id=151643, eos_token_id=151645)
+PRESETS: dict[str, Qwen2Config] = {
+    "qwen2.5-0.5b": Qwen2Config(151936, 896, 4864, 24, 14, 2, tie_word_embeddings=True, **_QWEN25),
+    "qwen2.5-1.5b": Qwen2Config(151936, 1536, 8960, 28, 12, 2, tie_word_embeddings=True, **_QWEN25),
+    "qwen2.5-3b": Qwen2Config(151936, 2048, 11008, 36, 16, 2, tie_word_embeddings=True, **_QWEN25),
+    "qwen2.5-7b": Qwen2Config(152064, 3584, 18944, 28, 28, 4, **_QWEN25),
+    "qwen2.5-14b": Qwen2Config(152064, 5120, 13824, 48, 40, 8, rms_norm_eps=1e-5, **_QWEN25),
+    "qwen2.5-32b": Qwen2Config(152064, 5120, 27648, 64, 40, 8, rms_norm_eps=1e-5, **_QWEN25),
+    # Small random models for tests and the CPU demo: the Qwen2.5 tokenizer's vocabulary, tiny everything else.
+    "tiny": Qwen2Config(151936, 64, 128, 2, 4, 2, max_position_embeddings=2048, tie_word_embeddings=True, **{
+        k: v for k, v in _QWEN25.items() if k != "max_position_embeddings"}),
+}
+# The Instruct and Coder releases of a size share its architecture.
+for _size in ("0.5b", "1.5b", "3b", "7b", "14b", "32b"):
+    PRESETS[f"qwen2.5-{_size}-instruct"] = PRESETS[f"qwen2.5-{_size}"]
+    PRESETS[f"qwen2.5-coder-{_size}-instruct"] = PRESETS[f"qwen2.5-{_size}"]
+
+
+def preset(name: str, **overrides) -> Qwen2Config:
+    key = name.lower().removeprefix("qwen/")
+    if key not in PRESETS:
+        raise UserError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return PRESETS[key].replace(**overrides)
+
+
+# ----------------------------------------------------------------------------------------------- layers
+
+
+def _param(rngs: nnx.Rngs, shape, axes, cfg: Qwen2Config, init=None) -> nnx.Param:
+    init = init or nnx.initializers.normal(0.02)
+    return nnx.Param(init(rngs.params(), shape, cfg.weight_dtype), logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, rngs: nnx.Rngs):
+        self.weight = _param(rngs, (cfg.hidden_size,), ("norm",), cfg, nnx.initializers.ones_init())
+        self.eps = cfg.rms_norm_eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # As in HF: normalise in fp32, cast back to the input dtype, then scale.
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(x.dtype) * x32.astype(x.dtype)
+
+
+def rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, HF's rotate-half layout, computed in fp32."""
+    H = x_BTNH.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, H, 2, dtype=jnp.float32) / H))
+    angles_BTh = positions_BT.astype(jnp.float32)[..., None] * inv_freq
+    cos = jnp.cos(jnp.concatenate([angles_BTh, angles_BTh], -1))[:, :, None, :]
+    sin = jnp.sin(jnp.concatenate([angles_BTh, angles_BTh], -1))[:, :, None, :]
+    x = x_BTNH.astype(jnp.float32)
+    rotated = jnp.concatenate([-x[..., H // 2 :], x[..., : H // 2]], axis=-1)
+    return (x * cos + rotated * sin).astype(x_BTNH.dtype)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class LayerCache:
+    """Keys and values of one layer for every cache slot."""
+
+    k_BSKH: jax.Array
+    v_BSKH: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Decoding state of all layers. Slots [0, end) are filled; `valid_BS` marks which hold real tokens.
+
+    Rows are left-padded, so every row writes its next token at the same slot `end`; pad slots stay invalid and
+    are never attended to. `next_pos_B` is each row's next RoPE position (its count of real tokens so far).
+    """
+
+    layers: list[LayerCache]
+    valid_BS: jax.Array
+    next_pos_B: jax.Array
+    end: jax.Array
+
+    @classmethod
+    def init(cls, cfg: Qwen2Config, batch: int, size: int, dtype=None) -> "KVCache":
+        dtype = dtype or cfg.compute_dtype
+        shape = (batch, size, cfg.num_key_value_heads, cfg.head_size)
+        layers = [LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_hidden_layers)]
+        return cls(layers, jnp.zeros((batch, size), bool), jnp.zeros((batch,), jnp.int32), jnp.zeros((), jnp.int32))
+
+    @property
+    def size(self) -> int:
+        return self.valid_BS.shape[1]
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, rngs: nnx.Rngs):
+        D, N, K, H = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_size
+        zeros = nnx.initializers.zeros_init()
+        self.q_proj = _param(rngs, (D, N, H), ("embed", "q_heads", "head_dim"), cfg)
+        self.q_bias = _param(rngs, (N, H), ("q_heads", "head_dim"), cfg, zeros)
+        self.k_proj = _param(rngs, (D, K, H), ("embed", "kv_heads", "head_dim"), cfg)
+        self.k_bias = _param(rngs, (K, H), ("kv_heads", "head_dim"), cfg, zeros)
+        self.v_proj = _param(rngs, (D, K, H), ("embed", "kv_heads", "head_dim"), cfg)
+        self.v_bias = _param(rngs, (K, H), ("kv_heads", "head_dim"), cfg, zeros)
+        self.o_proj = _param(rngs, (N, H, D), ("q_heads", "head_dim", "embed"), cfg)
+        self.cfg = cfg
+
+    def _project(self, x_BTD, kernel, bias):
+        dt = self.cfg.compute_dtype
+        return jnp.einsum("BTD,DNH->BTNH", x_BTD, kernel[...].astype(dt)) + bias[...].astype(dt)
+
+    def __call__(self, x_BTD, positions_BT, mask_BTS, cache: LayerCache | None, end):
+        cfg = self.cfg
+        q_BTNH = rope(self._project(x_BTD, self.q_proj, self.q_bias), positions_BT, cfg.rope_theta)
+        k_BTKH = rope(self._project(x_BTD, self.k_proj, self.k_bias), positions_BT, cfg.rope_theta)
+        v_BTKH = self._project(x_BTD, self.v_proj, self.v_bias)
+        if cache is not None:
+            start = (0, end, 0, 0)
+            cache = LayerCache(
+                jax.lax.dynamic_update_slice(cache.k_BSKH, k_BTKH.astype(cache.k_BSKH.dtype), start),
+                jax.lax.dynamic_update_slice(cache.v_BSKH, v_BTKH.astype(cache.v_BSKH.dtype), start),
+            )
+            k_BTKH, v_BTKH = cache.k_BSKH.astype(x_BTD.dtype), cache.v_BSKH.astype(x_BTD.dtype)
+        out_BTNH = attend(q_BTNH, k_BTKH, v_BTKH, mask_BTS)
+        out_BTD = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.o_proj[...].astype(cfg.compute_dtype))
+        return out_BTD, cache
+
+
+def attend(q_BTNH, k_BSKH, v_BSKH, mask_BTS):
+    """Grouped-query attention with an fp32 softmax. Rows whose mask is all False return zeros."""
+    B, T, N, H = q_BTNH.shape
+    K = k_BSKH.shape[2]
+    q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32)
+    scores = scores * (H**-0.5)
+    mask = mask_BTS[:, None, None, :, :]
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = jnp.where(mask, probs, 0.0).astype(v_BSKH.dtype)
+    out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_BSKH)
+    return out_BTKGH.reshape(B, T, N, H)
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, rngs: nnx.Rngs):
+        D, F = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = _param(rngs, (D, F), ("embed", "mlp"), cfg)
+        self.up_proj = _param(rngs, (D, F), ("embed", "mlp"), cfg)
+        self.down_proj = _param(rngs, (F, D), ("mlp", "embed"), cfg)
+        self.dtype = cfg.compute_dtype
+
+    def __call__(self, x_BTD):
+        gate_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.gate_proj[...].astype(self.dtype))
+        up_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.up_proj[...].astype(self.dtype))
+        return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate_BTF) * up_BTF, self.down_proj[...].astype(self.dtype))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg, rngs)
+        self.self_attn = Attention(cfg, rngs)
+        self.post_attention_layernorm = RMSNorm(cfg, rngs)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x_BTD, positions_BT, mask_BTS, cache, end):
+        attn_BTD, cache = self.self_attn(self.input_layernorm(x_BTD), positions_BT, mask_BTS, cache, end)
+        x_BTD = x_BTD + attn_BTD
+        return x_BTD + self.mlp(self.post_attention_layernorm(x_BTD)), cache
+
+
+class Qwen2ForCausalLM(nnx.Module):
+    """The causal LM. `__call__` runs a full sequence (training, scoring); with a cache it extends the cache."""
+
+    def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
+        self.config = cfg
+        self.embed_tokens = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
+        self.layers = nnx.List([DecoderLayer(cfg, rngs) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg, rngs)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg)
+
+    def __call__(self, tokens_BT, valid_BT=None, cache: KVCache | None = None):
+        """Returns (logits_BTV in fp32, cache). `valid_BT` is False on padding (left or right)."""
+        hidden_BTD, cache = self.hidden_states(tokens_BT, valid_BT, cache)
+        return self.logits(hidden_BTD), cache
+
+    def hidden_states(self, tokens_BT, valid_BT=None, cache: KVCache | None = None):
+        """Final-norm hidden states; callers that only need some positions' logits project those alone."""
+        valid_BT = jnp.ones(tokens_BT.shape, bool) if valid_BT is None else valid_BT.astype(bool)
+        positions_BT, mask_BTS, cache = _positions_and_mask(valid_BT, cache)
+        x_BTD = jnp.take(self.embed_tokens[...], tokens_BT, axis=0).astype(self.config.compute_dtype)
+        end = None if cache is None else cache.end
+        new_layers = []
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else cache.layers[i]
+            x_BTD, layer_cache = layer(x_BTD, positions_BT, mask_BTS, layer_cache, end)
+            new_layers.append(layer_cache)
+        if cache is not None:
+            cache = dataclasses.replace(cache, layers=new_layers, end=cache.end + tokens_BT.shape[1])
+        return self.norm(x_BTD), cache
+
+    def logits(self, hidden_BTD):
+        dt = self.config.compute_dtype
+        if self.config.tie_word_embeddings:
+            return jnp.einsum("BTD,VD->BTV", hidden_BTD, self.embed_tokens[...].astype(dt)).astype(jnp.float32)
+        return jnp.einsum("BTD,DV->BTV", hidden_BTD, self.lm_head[...].astype(dt)).astype(jnp.float32)
+
+
+def _positions_and_mask(valid_BT, cache: KVCache | None):
+    """RoPE positions of the new tokens and which keys each may attend to (causal, never padding)."""
+    T = valid_BT.shape[1]
+    offsets_BT = jnp.cumsum(valid_BT, axis=1, dtype=jnp.int32) - 1
+    if cache is None:
+        positions_BT = jnp.maximum(offsets_BT, 0)
+        causal_TS = jnp.tril(jnp.ones((T, T), bool))
+        return positions_BT, causal_TS[None] & valid_BT[:, None, :], None
+    positions_BT = jnp.maximum(cache.next_pos_B[:, None] + offsets_BT, 0)
+    valid_BS = jax.lax.dynamic_update_slice(cache.valid_BS, valid_BT, (0, cache.end))
+    slots_S = jnp.arange(cache.size)
+    causal_TS = slots_S[None, :] <= (cache.end + jnp.arange(T))[:, None]
+    cache = dataclasses.replace(cache, valid_BS=valid_BS, next_pos_B=cache.next_pos_B + valid_BT.sum(1, dtype=jnp.int32))
+    return positions_BT, causal_TS[None] & valid_BS[:, None, :], cache
+
+
+def parameter_count(cfg: Qwen2Config) -> int:
+    """Number of parameters, from shapes alone (nothing is allocated)."""
+    model = nnx.eval_shape(lambda: Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(0)))
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
