@@ -29,7 +29,9 @@ def _blocks(text: str) -> list[tuple[str, str]]:
 
 
 def extract_program(completion: str) -> str | None:
-    """The program in `completion`: the last ```python (```py, untagged) block, else the whole text; None if empty."""
+    """The program in `completion`: the last non-blank ```python (```py, untagged) block, else the whole text;
+    None if there is no code."""
     python = [body for tag, body in _blocks(completion) if tag in _PYTHON_TAGS]
-    program = python[-1] if python else completion
-    return program if program.strip() else None
+    if python:  # fenced code wins over prose; all-blank fences mean "no code", not the fence markers as code
+        return next((body for body in reversed(python) if body.strip()), None)
+    return completion if completion.strip() else None
