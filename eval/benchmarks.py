@@ -149,14 +149,14 @@ def _make_test(rec: Record, field: str, **kwargs: Any) -> Test:
 def _function_called(asserts: list[str], code: str) -> str | None:
     """Name of the first function the asserts call that `code` defines at top level (the task's entry point)."""
     try:
-        defined = {n.name for n in ast.parse(code).body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
-        for line in asserts:
-            for node in ast.walk(ast.parse(line.strip())):
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in defined:
-                    return node.func.id
+        with warnings.catch_warnings():  # upstream code has invalid escapes like "\d" in plain strings
+            warnings.simplefilter("ignore", SyntaxWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            defined = {n.name for n in ast.parse(code).body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+            calls = [n for line in asserts for n in ast.walk(ast.parse(line.strip())) if isinstance(n, ast.Call)]
     except SyntaxError:
-        pass
-    return None
+        return None
+    return next((c.func.id for c in calls if isinstance(c.func, ast.Name) and c.func.id in defined), None)
 
 
 def _mbpp_prompt(text: str, asserts: list[str]) -> str:
@@ -331,32 +331,23 @@ def _apps_upstream(rec: Record) -> Problem | None:
 
 
 def _apps_selected150(rec: Record) -> Problem:
-    """A row of MapCoder's `selected150.jsonl` (call-based inputs are Python literals of the argument list)."""
+    """A row of MapCoder's `selected150.jsonl`. Its converter wrote every test as text (call arguments as `str(x)`
+    lines, the expected return value as `str(y)`) and MapCoder judges them all on stdin/stdout, so do we: a
+    call-based problem's program reads the arguments, calls its function and prints the result."""
     starter = rec.get("starter_code", str, "")
-    fn_name = _function_called_in_starter(starter)
     tests = []
     for i, case in enumerate(rec.get("test_list", list)):
-        if not isinstance(case, dict) or "input" not in case or not isinstance(case.get("output"), list):
-            raise rec.error(f"test_list[{i}]", "expected {input, output: [...]}")
-        if fn_name is None:
-            tests.append(_make_test(rec, "test_list", type="stdio", input=_text(case["input"]), output=_text(case["output"])))
-            continue
-        try:
-            args = ast.literal_eval(case["input"])
-        except (ValueError, SyntaxError):
-            raise rec.error(f"test_list[{i}]", "call-based 'input' is not a Python literal") from None
-        tests.append(_call_or_method_test(rec, "test_list", fn_name, starter, list(args), _unwrap(case["output"])))
+        if not isinstance(case, dict) or not isinstance(case.get("input"), str) or not isinstance(case.get("output"), list):
+            raise rec.error(f"test_list[{i}]", "expected {input: str, output: [...]}")
+        tests.append(_make_test(rec, "test_list", type="stdio", input=case["input"], output=_text(case["output"])))
+    statement = _apps_statement(rec.get("description", str), "")
+    if starter.strip():
+        statement = (f"{rec.get('description', str).strip()}\n\nWrite this function:\n```python\n{starter.strip()}\n```\n"
+                     "Then read its arguments from standard input, one per line, call it and print what it returns.")
     return _problem(
-        rec, task_id=f"APPS/{rec.get('name', str)}", prompt=_apps_statement(rec.get("description", str), starter),
-        tests=tuple(tests), entry_point=fn_name, time_limit_s=4.0,
+        rec, task_id=f"APPS/{rec.get('name', str)}", prompt=statement, tests=tuple(tests), time_limit_s=4.0,
         metadata={"difficulty": rec.get("difficulty", str, ""), "starter_code": starter},
     )
-
-
-def _function_called_in_starter(starter: str) -> str | None:
-    """The function (or Solution method) a call-based starter code declares; None for stdin problems."""
-    match = re.search(r"^\s*def\s+(?!__)(\w+)\s*\(", starter, re.MULTILINE)
-    return match.group(1) if match else None
 
 
 def load_apps(path: pathlib.Path, split: str) -> list[Problem]:
