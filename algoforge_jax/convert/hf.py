@@ -23,6 +23,7 @@ import jax
 import ml_dtypes
 import numpy as np
 from flax import nnx
+from tqdm import tqdm
 from jax.sharding import Mesh
 
 from algoforge_jax import sharding
@@ -183,8 +184,10 @@ def load_hf_state(model_dir: Path, cfg: Qwen2Config, abstract: nnx.State) -> nnx
     """Fills an abstract state from HF safetensors, checking every tensor's name and shape."""
     targets = _flat_abstract(abstract)
     loaded: dict[str, jax.Array] = {}
+    bar = tqdm(total=len(targets), desc="loading tensors", unit="tensor", disable=None, leave=False)
     for file in safetensors_files(model_dir):
         for name, tensor in read_safetensors(file):
+            bar.update()
             match = hf_to_jax_key(name)
             if match is None or match[1] not in targets:
                 if name == "lm_head.weight" and cfg.tie_word_embeddings:
@@ -231,7 +234,8 @@ def export_hf(model: Qwen2ForCausalLM, out_dir, *, tokenizer_dir=None, dtype: st
     np_dtype = np.dtype(ml_dtypes.bfloat16) if cfg.checkpoint_dtype == "bfloat16" else np.dtype(cfg.checkpoint_dtype)
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    params = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    for path, var in tqdm(params, desc="exporting tensors", unit="tensor", disable=None, leave=False):
         rule, name = jax_to_hf_key(".".join(map(str, path)))
         host = rule.to_hf(np.asarray(jax.device_get(var[...])), cfg).astype(np_dtype)
         if size and size + host.nbytes > max_shard_bytes:

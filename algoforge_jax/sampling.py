@@ -1,0 +1,270 @@
+"""Batched, jitted sampling with a KV cache: the rollout engine of both agents.
+
+`Sampler.generate` left-pads a batch of prompts into a (batch, length) bucket, runs one jitted prefill that fills
+the KV cache and picks each row's first token, then one jitted decode program: a `jax.lax.while_loop` over an
+explicit `SampleState` pytree that stops as soon as every row has finished. The state (cache included) is
+donated to the decode program, so XLA updates the cache in place. Model weights are an argument of both
+programs, never a constant in them: new policy weights after an RL step reuse the compiled programs.
+
+Each sampled token's log-probability is kept twice: under the distribution it was drawn from (temperature,
+top-k, top-p applied) and under the plain model (`model_logprobs`), which is what GRPO's ratio needs.
+
+Left out: speculative decoding, paged caches and continuous batching; a batch runs until its longest row ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from algoforge_jax import sharding
+from algoforge_jax.models.qwen2 import KVCache, Qwen2ForCausalLM
+
+FINISH_REASONS = ("running", "eos", "length")  # index = code in SampleState.finish_B
+
+# ---------------------------------------------------------------------------------------------- methods
+
+
+@dataclasses.dataclass(frozen=True)
+class Greedy:
+    """Always the most likely token."""
+
+    def get_next_tokens(self, logits_BV: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+        del rng
+        tokens_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+        return tokens_B, jnp.zeros(tokens_B.shape, jnp.float32)  # log 1: the choice is certain
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """Ancestral sampling from softmax(logits / temperature), optionally truncated to the top-k tokens and/or
+    the smallest set of tokens whose probability reaches top_p (nucleus). top_k=0 and top_p=1.0 disable them."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 for sampling (use Greedy for 0), got {self.temperature}")
+        if self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"need top_k >= 0 and 0 < top_p <= 1, got top_k={self.top_k}, top_p={self.top_p}")
+
+    def log_probs(self, logits_BV: jax.Array) -> jax.Array:
+        """Log-probabilities of the distribution tokens are drawn from (-inf outside the kept set)."""
+        logits_BV = logits_BV.astype(jnp.float32) / self.temperature
+        if self.top_k:
+            kth_B1 = jax.lax.top_k(logits_BV, self.top_k)[0][:, -1:]
+            logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+        if self.top_p < 1.0:
+            sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+            probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+            # Keep a token if the mass of the tokens strictly more likely than it is still below top_p.
+            mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+            cutoff_B1 = jnp.min(jnp.where(mass_before_BV < self.top_p, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+            logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
+        return jax.nn.log_softmax(logits_BV, axis=-1)
+
+    def get_next_tokens(self, logits_BV: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logp_BV = self.log_probs(logits_BV)
+        tokens_B = jax.random.categorical(rng, logp_BV, axis=-1).astype(jnp.int32)
+        return tokens_B, jnp.take_along_axis(logp_BV, tokens_B[:, None], axis=-1)[:, 0]
+
+
+def sampling_method(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> Greedy | Sample:
+    """temperature 0 means greedy (top-k/top-p are then irrelevant)."""
+    return Greedy() if temperature == 0 else Sample(temperature, top_k, top_p)
+
+
+# ------------------------------------------------------------------------------------------------ state
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """What to generate; all fields are static (they shape the compiled programs)."""
+
+    max_new_tokens: int = 256
+    stop_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+    min_prompt_bucket: int = 16  # prompt lengths are padded up to a power of two at least this
+    min_batch_bucket: int = 1  # batch sizes are padded up to a power of two at least this
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class SampleState:
+    """Everything the decode loop carries. B = rows (prompts x samples), N = max_new_tokens."""
+
+    step: jax.Array  # number of tokens generated so far (same for every row)
+    tokens_BN: jax.Array
+    logprobs_BN: jax.Array  # under the sampling distribution
+    model_logprobs_BN: jax.Array  # under the untempered model
+    last_B: jax.Array  # the most recent token of each row, fed to the next step
+    done_B: jax.Array
+    finish_B: jax.Array  # index into FINISH_REASONS
+    cache: KVCache
+    rng: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    """Host-side result. Rows are prompt-major: row = prompt_index * num_samples + sample_index."""
+
+    tokens: np.ndarray  # [R, N] generated ids, pad_token_id after each row's end
+    lengths: np.ndarray  # [R] generated tokens per row, the stop token included
+    logprobs: np.ndarray  # [R, N] log-prob of each sampled token under the sampling distribution (0 past the end)
+    model_logprobs: np.ndarray  # [R, N] same, under the untempered model
+    finish_reason: list[str]  # "eos" or "length"
+    prompt_index: np.ndarray
+    sample_index: np.ndarray
+
+    def row_tokens(self, r: int) -> list[int]:
+        return self.tokens[r, : self.lengths[r]].tolist()
+
+
+def _record(state: SampleState, logits_BV, method, cfg: SamplerConfig, rng) -> SampleState:
+    """Samples one token per row from `logits_BV` and appends it to the state."""
+    tokens_B, logp_B = method.get_next_tokens(logits_BV, rng)
+    model_logp_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BV, axis=-1), tokens_B[:, None], axis=-1)[:, 0]
+    live_B = ~state.done_B
+    tokens_B = jnp.where(live_B, tokens_B, cfg.pad_token_id)
+    stop_B = jnp.isin(tokens_B, jnp.asarray(cfg.stop_token_ids, jnp.int32)) & live_B
+    out_of_room_B = live_B & ~stop_B & (state.step + 1 >= cfg.max_new_tokens)
+    put = lambda buf, val: jax.lax.dynamic_update_slice(buf, val[:, None].astype(buf.dtype), (0, state.step))  # noqa: E731
+    return dataclasses.replace(
+        state,
+        step=state.step + 1,
+        tokens_BN=put(state.tokens_BN, tokens_B),
+        logprobs_BN=put(state.logprobs_BN, jnp.where(live_B, logp_B, 0.0)),
+        model_logprobs_BN=put(state.model_logprobs_BN, jnp.where(live_B, model_logp_B, 0.0)),
+        last_B=tokens_B,
+        done_B=state.done_B | stop_B | out_of_room_B,
+        finish_B=jnp.where(stop_B, 1, jnp.where(out_of_room_B, 2, state.finish_B)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- programs
+
+
+def _prefill(graphdef, params, prompts_BT, valid_BT, live_B, rng, *, method, cfg: SamplerConfig):
+    model = nnx.merge(graphdef, params)
+    B, T = prompts_BT.shape
+    cache = KVCache.init(model.config, B, T + cfg.max_new_tokens)
+    hidden_BTD, cache = model.hidden_states(prompts_BT, valid_BT, cache)
+    logits_BV = model.logits(hidden_BTD[:, -1:])[:, 0]
+    N = cfg.max_new_tokens
+    state = SampleState(
+        step=jnp.zeros((), jnp.int32),
+        tokens_BN=jnp.full((B, N), cfg.pad_token_id, jnp.int32),
+        logprobs_BN=jnp.zeros((B, N), jnp.float32),
+        model_logprobs_BN=jnp.zeros((B, N), jnp.float32),
+        last_B=jnp.zeros((B,), jnp.int32),
+        done_B=~live_B,
+        finish_B=jnp.zeros((B,), jnp.int32),
+        cache=cache,
+        rng=rng,
+    )
+    rng, step_rng = jax.random.split(rng)
+    return _record(dataclasses.replace(state, rng=rng), logits_BV, method, cfg, step_rng)
+
+
+def _decode(graphdef, params, state: SampleState, *, method, cfg: SamplerConfig) -> SampleState:
+    model = nnx.merge(graphdef, params)
+
+    def cond(s: SampleState):
+        return (s.step < cfg.max_new_tokens) & ~jnp.all(s.done_B)
+
+    def body(s: SampleState):
+        hidden_B1D, cache = model.hidden_states(s.last_B[:, None], None, s.cache)
+        rng, step_rng = jax.random.split(s.rng)
+        s = dataclasses.replace(s, cache=cache, rng=rng)
+        return _record(s, model.logits(hidden_B1D)[:, 0], method, cfg, step_rng)
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+def _bucket(n: int, minimum: int) -> int:
+    return max(minimum, 1 << max(0, n - 1).bit_length())
+
+
+class Sampler:
+    """Generates from one model architecture on one mesh; compiled programs are cached per (shape bucket, method).
+
+    Weights are passed to every call, so the same Sampler serves a policy whose weights change between calls.
+    """
+
+    def __init__(self, graphdef, mesh: Mesh, cfg: SamplerConfig, rules: sharding.Rules = sharding.SAMPLE_RULES):
+        self.graphdef, self.mesh, self.cfg, self.rules = graphdef, mesh, cfg, rules
+        batch_axes = sharding.logical_to_spec(("batch",), rules, mesh)[0]
+        axes = () if batch_axes is None else (batch_axes,) if isinstance(batch_axes, str) else batch_axes
+        self.batch_multiple = int(np.prod([mesh.shape[a] for a in axes]))
+        self.traces = 0  # how many times a program was traced (each trace is one compilation)
+        self.last_stats: dict[str, float] = {}
+
+    @functools.cache
+    def _programs(self, method):
+        def counted(fn):
+            def traced(*args, **kwargs):
+                self.traces += 1
+                return fn(self.graphdef, *args, method=method, cfg=self.cfg, **kwargs)
+
+            return traced
+
+        prefill = jax.jit(counted(_prefill))
+        decode = jax.jit(counted(_decode), donate_argnums=(1,))
+        return prefill, decode
+
+    def generate(self, params: nnx.State, prompts: Sequence[Sequence[int]], method=Greedy(),
+                 num_samples: int = 1, seed: int = 0) -> Rollout:
+        """Samples `num_samples` continuations of every prompt (token id lists)."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        rows = [list(p) for p in prompts for _ in range(num_samples)]
+        prompts_BT, valid_BT, live_B = self._pad(rows)
+        batch = sharding.batch_sharding(self.mesh, self.rules)
+        put = lambda x: jax.device_put(x, batch if x.ndim == 2 else sharding.batch_sharding(self.mesh, self.rules, 1))  # noqa: E731
+        prefill, decode = self._programs(method)
+        start = time.perf_counter()
+        with jax.set_mesh(self.mesh):
+            state = prefill(params, put(prompts_BT), put(valid_BT), put(live_B), jax.random.key(seed))
+            state = decode(params, state)
+            out = jax.device_get((state.tokens_BN, state.logprobs_BN, state.model_logprobs_BN, state.finish_B))
+        self.last_stats = {"seconds": time.perf_counter() - start}
+        return self._rollout(*out, num_rows=len(rows), num_samples=num_samples)
+
+    def _pad(self, rows: list[list[int]]):
+        T = _bucket(max(map(len, rows)), self.cfg.min_prompt_bucket)
+        B = _bucket(len(rows), max(self.cfg.min_batch_bucket, self.batch_multiple))
+        B += -B % self.batch_multiple
+        prompts_BT = np.full((B, T), self.cfg.pad_token_id, np.int32)
+        valid_BT = np.zeros((B, T), bool)
+        for i, row in enumerate(rows):
+            prompts_BT[i, T - len(row):] = row
+            valid_BT[i, T - len(row):] = True
+        valid_BT[len(rows):, -1] = True  # filler rows: one dummy token so no softmax is all-masked
+        return prompts_BT, valid_BT, np.arange(B) < len(rows)
+
+    def _rollout(self, tokens, logprobs, model_logprobs, finish, *, num_rows: int, num_samples: int) -> Rollout:
+        tokens, logprobs, model_logprobs, finish = (x[:num_rows] for x in (tokens, logprobs, model_logprobs, finish))
+        lengths = np.zeros(num_rows, np.int64)
+        stop = np.isin(tokens, self.cfg.stop_token_ids)
+        for r in range(num_rows):
+            lengths[r] = (np.argmax(stop[r]) + 1) if finish[r] == 1 else self.cfg.max_new_tokens
+        rows = np.arange(num_rows)
+        self.last_stats["new_tokens"] = float(lengths.sum())
+        return Rollout(tokens, lengths, logprobs, model_logprobs, [FINISH_REASONS[f] for f in finish],
+                       rows // num_samples, rows % num_samples)
+
+
+def make_sampler(model: Qwen2ForCausalLM, mesh: Mesh, cfg: SamplerConfig, rules=sharding.SAMPLE_RULES):
+    """(Sampler, params): the sampler for this model's architecture and the weights to pass it."""
+    graphdef, params = nnx.split(model)
+    return Sampler(graphdef, mesh, cfg, rules), params
