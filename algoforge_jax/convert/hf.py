@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 
 import jax
 import ml_dtypes
+from jax.experimental import multihost_utils
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
@@ -237,12 +238,14 @@ def export_hf(model: Qwen2ForCausalLM, out_dir, *, tokenizer_dir=None, dtype: st
     params = nnx.to_flat_state(nnx.state(model, nnx.Param))
     for path, var in tqdm(params, desc="exporting tensors", unit="tensor", disable=None, leave=False):
         rule, name = jax_to_hf_key(".".join(map(str, path)))
-        host = rule.to_hf(np.asarray(jax.device_get(var[...])), cfg).astype(np_dtype)
+        host = rule.to_hf(_to_host(var[...]), cfg).astype(np_dtype)
         if size and size + host.nbytes > max_shard_bytes:
             shards.append({})
             size = 0
         shards[-1][name] = np.ascontiguousarray(host)
         size += host.nbytes
+    if jax.process_index() != 0:
+        return out_dir  # every host gathered (collectives need all of them); one writes
     _write_shards(out_dir, shards)
     (out_dir / "config.json").write_text(json.dumps(cfg.to_hf_config(), indent=2) + "\n")
     gen = generation_config or {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
@@ -251,6 +254,13 @@ def export_hf(model: Qwen2ForCausalLM, out_dir, *, tokenizer_dir=None, dtype: st
     if tokenizer_dir is not None:
         copy_tokenizer_files(Path(tokenizer_dir), out_dir)
     return out_dir
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    """The whole array on this host; on a multi-host mesh every process joins the gather."""
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _write_shards(out_dir: Path, shards: list[dict[str, np.ndarray]]) -> None:
