@@ -1,0 +1,212 @@
+"""`algoforge score`: judge given completions in the sandbox against a benchmark's tests; results and a summary out.
+
+    algoforge score --benchmark mbpp --samples S.jsonl --out R.jsonl
+
+Reads samples (`{"task_id", "completion"}` per line, several per task for pass@k), extracts each program, judges
+them all in the sandbox with a progress bar on stderr, writes one result line per sample (the SPEC's fields) and
+prints the summary JSON, also saved as `R.summary.json`. Results are appended as they come and fsync'd, so a crash
+loses at most the batch in flight; rerunning the same command skips samples already in `R.jsonl` (`--restart`
+ignores them). Generation is not here: `algoforge eval` produces samples and calls the same functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from algoforge_jax.errors import UserError
+from eval.benchmarks import BENCHMARKS, load_benchmark
+from eval.extract import extract_program
+from eval.metrics import summarize
+from eval.problems import Judgement, Problem
+
+BATCH = 256  # samples judged between two flushes of the results file
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    problem: Problem
+    sample_index: int  # position among the samples of its task, in file order
+    program: str  # "" when the completion holds no code (the sandbox answers NO_CODE)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.problem.task_id, self.sample_index)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--benchmark", required=True, choices=list(BENCHMARKS), help="benchmark whose tests to run")
+    parser.add_argument("--samples", required=True, type=pathlib.Path, help='JSONL of {"task_id", "completion"}')
+    parser.add_argument("--out", required=True, type=pathlib.Path, help="JSONL of results, one line per sample")
+    parser.add_argument("--problems", type=pathlib.Path, help="problem file (required for jsonl; else overrides the bundled data)")
+    parser.add_argument("--split", help="benchmark split (mbpp: test (default), train, validation, prompt, all)")
+    parser.add_argument("--workers", type=int, help="sandbox worker processes (default: CPU count)")
+    parser.add_argument("--k", default="1,5,10", help="pass@k values, comma-separated; k above the samples per task are left out")
+    parser.add_argument("--restart", action="store_true", help="judge every sample again, ignoring results already in --out")
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(k) for k in text.split(",") if k.strip())
+    except ValueError:
+        raise UserError(f"--k: expected comma-separated integers like 1,5,10, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise UserError(f"--k: expected positive integers, got {text!r}")
+    return ks
+
+
+def program_for(problem: Problem, completion: str) -> str:
+    """The program to run: the extracted code, behind the given prefix of completion tasks (LiveBench)."""
+    program = extract_program(completion) or ""
+    prefix = problem.metadata.get("partial_solution", "")
+    if program and prefix and not program.startswith(prefix):
+        program = f"{prefix}\n{program}"
+    return program
+
+
+def _task_index(problems: Sequence[Problem]) -> dict[str, Problem]:
+    """task_id -> problem; "Mbpp/11" is also found as 11 or "11" (other harnesses write bare numbers)."""
+    index = {p.task_id: p for p in problems}
+    for p in problems:
+        short = p.task_id.rsplit("/", 1)[-1]
+        if short != p.task_id:
+            index.setdefault(short, p)
+    return index
+
+
+def read_samples(path: pathlib.Path, problems: Sequence[Problem], benchmark: str) -> list[Sample]:
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    index, counts, samples = _task_index(problems), {}, []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            task_id, completion = _parse_sample(path, lineno, line)
+            problem = index.get(str(task_id))
+            if problem is None:
+                raise UserError(f"{path.name}:{lineno}: field 'task_id': {task_id!r} is not a task of {benchmark} "
+                                "(wrong --benchmark, --split or --problems?)")
+            counts[problem.task_id] = counts.get(problem.task_id, -1) + 1
+            samples.append(Sample(problem, counts[problem.task_id], program_for(problem, completion)))
+    if not samples:
+        raise UserError(f"{path}: no samples")
+    return samples
+
+
+def _parse_sample(path: pathlib.Path, lineno: int, line: str) -> tuple[Any, str]:
+    where = f"{path.name}:{lineno}"
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where}: not valid JSON ({e.msg})") from None
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for field, kinds in (("task_id", (str, int)), ("completion", (str,))):
+        if field not in row:
+            raise UserError(f"{where}: field {field!r}: missing")
+        if not isinstance(row[field], kinds) or isinstance(row[field], bool):
+            raise UserError(f"{where}: field {field!r}: expected a string, got {type(row[field]).__name__}")
+    return row["task_id"], row["completion"]
+
+
+def result_line(sample: Sample, judgement: Judgement) -> dict[str, Any]:
+    """One results line, with exactly the SPEC's fields."""
+    return {
+        "task_id": sample.problem.task_id, "sample_index": sample.sample_index,
+        "verdict": judgement.verdict.value, "passed": judgement.passed,
+        "tests": [t.to_json() for t in judgement.tests],
+        "time_s": judgement.time_s, "peak_mem_mb": judgement.peak_mem_mb,
+    }
+
+
+def read_done(out: pathlib.Path, wanted: set[tuple[str, int]]) -> dict[tuple[str, int], dict]:
+    """Results already in `out` for the samples we have; a line cut short by a crash is dropped."""
+    done = {}
+    if not out.is_file():
+        return done
+    with open(out, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+                key = (row["task_id"], row["sample_index"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+            if key in wanted:
+                done[key] = row
+    return done
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _jsonl(rows: Iterable[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def judge_all(samples: Sequence[Sample], out: pathlib.Path, workers: int | None) -> list[dict]:
+    """Judge `samples`, appending each batch's results to `out` (flushed, fsync'd) as it completes."""
+    from tqdm import tqdm
+
+    from eval.sandbox import Sandbox  # imported on use: `algoforge score --help` stays fast
+
+    rows = []
+    with Sandbox(workers=workers) as sandbox, open(out, "a", encoding="utf-8") as f, \
+            tqdm(total=len(samples), file=sys.stderr, desc="judging", unit="sample", dynamic_ncols=True) as bar:
+        for start in range(0, len(samples), BATCH):
+            batch = samples[start : start + BATCH]
+            judgements = sandbox.judge([(s.problem, s.program) for s in batch], progress=bar.update)
+            batch_rows = [result_line(s, j) for s, j in zip(batch, judgements, strict=True)]
+            f.write(_jsonl(batch_rows))
+            f.flush()
+            os.fsync(f.fileno())
+            rows.extend(batch_rows)
+    return rows
+
+
+def main(args: argparse.Namespace) -> int:
+    ks = parse_ks(args.k)
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers: expected a positive integer, got {args.workers}")
+    problems = load_benchmark(args.benchmark, args.problems, args.split)
+    samples = read_samples(args.samples, problems, args.benchmark)
+    done = {} if args.restart else read_done(args.out, {s.key for s in samples})
+    if done:
+        print(f"algoforge score: resuming, {len(done)} of {len(samples)} samples already in {args.out}", file=sys.stderr)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(args.out, _jsonl(done.values()))  # drops stale lines and a half-written last line
+    start = time.perf_counter()
+    todo = [s for s in samples if s.key not in done]
+    for row in judge_all(todo, args.out, args.workers) if todo else []:
+        done[(row["task_id"], row["sample_index"])] = row
+    wall_s = time.perf_counter() - start
+    results = [done[s.key] for s in samples]
+    write_atomic(args.out, _jsonl(results))  # final file in sample order
+    summary = _summary(args, problems, samples, results, len(todo), wall_s, ks)
+    write_atomic(args.out.with_suffix(".summary.json"), json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _summary(args, problems, samples, results, n_judged, wall_s, ks) -> dict[str, Any]:
+    with_programs = [{**r, "program": s.program} for r, s in zip(results, samples, strict=True)]
+    return {
+        "benchmark": args.benchmark, "split": args.split or BENCHMARKS[args.benchmark].splits[0],
+        "benchmark_tasks": len(problems),
+        **summarize(with_programs, ks),
+        "judged_now": n_judged, "judge_wall_s": round(wall_s, 3),
+        "samples_per_s": round(n_judged / wall_s, 2) if n_judged and wall_s > 0 else None,
+    }

@@ -1,0 +1,95 @@
+"""`algoforge score` end to end, as a user runs it: a small MBPP file with reference, wrong, perturbed and empty
+samples; the results file, the summary, resuming, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from perturb import perturb_assert
+
+pytest.importorskip("eval.sandbox")
+
+ROOT = pathlib.Path(__file__).parents[1]
+MBPP = ROOT / "eval" / "data" / "mbpp" / "mbpp.jsonl"
+RESULT_FIELDS = {"task_id", "sample_index", "verdict", "passed", "tests", "time_s", "peak_mem_mb"}
+
+
+def _score(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "algoforge_jax", "score", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Tasks 11-14 of MBPP; task 12's first expected output is changed; samples as listed below."""
+    tmp = tmp_path_factory.mktemp("score")
+    rows = {r["task_id"]: r for r in map(json.loads, MBPP.read_text().splitlines()) if 11 <= r["task_id"] <= 14}
+    rows[12]["test_list"][0] = perturb_assert(rows[12]["test_list"][0])
+    (tmp / "mbpp.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows.values()))
+    samples = [
+        {"task_id": "Mbpp/11", "completion": f"Here you go:\n```python\n{rows[11]['code']}\n```\n"},
+        {"task_id": "Mbpp/11", "completion": "```python\ndef remove_Occ(s, ch):\n    return s\n```"},
+        {"task_id": "Mbpp/12", "completion": rows[12]["code"]},
+        {"task_id": 13, "completion": rows[13]["code"]},  # a bare number, as other harnesses write MBPP ids
+        {"task_id": "Mbpp/14", "completion": "```python\n\n```"},
+    ]
+    (tmp / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    args = ["--benchmark", "mbpp", "--problems", str(tmp / "mbpp.jsonl"), "--samples", str(tmp / "samples.jsonl"),
+            "--out", str(tmp / "results.jsonl"), "--k", "1,2,5", "--workers", "2"]
+    return tmp, args, _score(*args)
+
+
+def test_results_file_has_the_spec_fields_and_verdicts(run):
+    tmp, _, proc = run
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(line) for line in (tmp / "results.jsonl").read_text().splitlines()]
+    assert all(set(r) == RESULT_FIELDS for r in results)
+    assert [(r["task_id"], r["sample_index"], r["verdict"], r["passed"]) for r in results] == [
+        ("Mbpp/11", 0, "PASS", True), ("Mbpp/11", 1, "WA", False), ("Mbpp/12", 0, "WA", False),
+        ("Mbpp/13", 0, "PASS", True), ("Mbpp/14", 0, "NO_CODE", False),
+    ]
+    passed = results[0]
+    assert len(passed["tests"]) == 3 and all(set(t) == {"verdict", "time_s", "peak_mem_mb"} for t in passed["tests"])
+    assert all(t["verdict"] == "PASS" for t in passed["tests"])
+    assert passed["time_s"] >= 0 and passed["peak_mem_mb"] > 0
+    assert results[4]["tests"] == []
+    assert "judging" in proc.stderr  # the progress bar
+
+
+def test_summary_on_stdout_and_next_to_the_results(run):
+    tmp, _, proc = run
+    summary = json.loads(proc.stdout)
+    assert summary == json.loads((tmp / "results.summary.json").read_text())
+    assert summary["pass@1"] == pytest.approx((0.5 + 0 + 1 + 0) / 4)
+    assert "pass@2" not in summary and "pass@5" not in summary  # task 12-14 have one sample each
+    assert summary["verdicts"]["PASS"] == 2 and summary["verdicts"]["WA"] == 2 and summary["verdicts"]["NO_CODE"] == 1
+    assert summary["n_tasks"] == 4 and summary["n_samples"] == 5 and summary["benchmark_tasks"] == 4
+    assert summary["passing_mean_time_s"] >= 0 and summary["passing_mean_peak_mem_mb"] > 0
+    assert 0 < summary["maintainability_index"] <= 100
+
+
+def test_rerun_resumes_without_judging_again(run):
+    tmp, args, first = run
+    proc = _score(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming, 5 of 5 samples" in proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["judged_now"] == 0 and summary["verdicts"] == json.loads(first.stdout)["verdicts"]
+    assert len((tmp / "results.jsonl").read_text().splitlines()) == 5
+
+
+def test_bad_input_is_a_one_line_error(run, tmp_path):
+    tmp, args, _ = run
+    (tmp_path / "s.jsonl").write_text('{"task_id": "Mbpp/11", "completion": "x"}\n\n{"task_id": "Mbpp/99", "completion": "x"}\n')
+    bad = [*args[:5], str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "r.jsonl")]
+    proc = _score(*bad)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("algoforge score: error: s.jsonl:3: field 'task_id': 'Mbpp/99' is not a task of "
+                                   "mbpp (wrong --benchmark, --split or --problems?)")
+    proc = _score("--benchmark", "jsonl", "--samples", str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "r.jsonl"))
+    assert proc.returncode == 2 and "give its file with --problems" in proc.stderr
