@@ -29,8 +29,9 @@ _MISSING = object()
 _OPT_STR = (str, type(None))
 
 # MBPP id ranges of the upstream README and the Hugging Face dataset (`google-research-datasets/mbpp`); the
-# sanitized set is split by the same ranges (HF card: prompt 7, test 257, validation 43, train 120).
-MBPP_SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 1000)}
+# sanitized set is split by the same ranges (HF card: prompt 7, test 257, validation 43, train 120). The first
+# split listed is the default.
+MBPP_SPLITS = {"test": (11, 510), "train": (601, 1000), "validation": (511, 600), "prompt": (1, 10)}
 
 
 # ---------------------------------------------------------------- reading records with their location
@@ -120,7 +121,7 @@ def _parquet_records(path: pathlib.Path) -> Iterator[Record]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise UserError(f"{path}: reading parquet needs pyarrow (pip install pyarrow), or convert it to .jsonl") from None
+        raise UserError(f"{path}: reading parquet needs pyarrow (pip install pyarrow); or convert it to .jsonl") from None
     for i, row in enumerate(pq.read_table(path).to_pylist()):
         yield Record(row, f"{path.name}: row {i}")
 
@@ -220,6 +221,22 @@ def _standalone_assert(stmt: ast.stmt, local_names: set[str]) -> bool:
     return "candidate" in names and names <= (_BUILTINS - local_names) | {"candidate"}
 
 
+def _bound_names(module: ast.Module) -> set[str]:
+    """Every name the test module binds anywhere: such a name may shadow a builtin, so an assert using it needs
+    the whole check around it."""
+    names = set()
+    for node in ast.walk(module):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
 def split_humaneval_check(test_src: str, entry_point: str) -> tuple[Test, ...]:
     """HumanEval's `check(candidate)` as tests: each standalone `assert` of its body on its own (so the sandbox can
     judge `f(x) == y` shapes in the parent), then whatever else the body does as one whole-check test."""
@@ -227,11 +244,7 @@ def split_humaneval_check(test_src: str, entry_point: str) -> tuple[Test, ...]:
     check = next((n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "check"), None)
     if check is None:
         return (Test("assert", code=f"{test_src}\ncheck({entry_point})\n"),)
-    # Names check() or the test module bind shadow builtins; an assert that uses one needs the whole check.
-    local_names = {n.id for n in ast.walk(module) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-    local_names |= {a.arg for a in ast.walk(module) if isinstance(a, ast.arg)} - {"candidate"}
-    local_names |= {n.name for n in module.body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
-    local_names |= {(a.asname or a.name).split(".")[0] for n in ast.walk(module) if isinstance(n, ast.Import | ast.ImportFrom) for a in n.names}
+    local_names = _bound_names(module) - {"candidate"}
     tests, rest = [], []
     for stmt in check.body:
         if _standalone_assert(stmt, local_names):
@@ -279,7 +292,8 @@ def _call_or_method_test(rec: Record, field: str, fn_name: str, starter: str, ar
     """A call test; LeetCode-style `class Solution` starter code is called as `Solution().fn(*args)` instead."""
     if "class Solution" in starter:
         arg_src = ", ".join(_literal(a) for a in args)
-        return _make_test(rec, field, type="assert", code=f"assert Solution().{fn_name}({arg_src}) == {_literal(expected)}")
+        code = f"assert Solution().{fn_name}({arg_src}) == {_literal(expected)}"
+        return _make_test(rec, field, type="assert", code=code)
     return _make_test(rec, field, type="call", fn_name=fn_name, args=list(args), expected=expected)
 
 
@@ -337,12 +351,13 @@ def _apps_selected150(rec: Record) -> Problem:
     starter = rec.get("starter_code", str, "")
     tests = []
     for i, case in enumerate(rec.get("test_list", list)):
-        if not isinstance(case, dict) or not isinstance(case.get("input"), str) or not isinstance(case.get("output"), list):
+        if not (isinstance(case, dict) and isinstance(case.get("input"), str) and isinstance(case.get("output"), list)):
             raise rec.error(f"test_list[{i}]", "expected {input: str, output: [...]}")
         tests.append(_make_test(rec, "test_list", type="stdio", input=case["input"], output=_text(case["output"])))
     statement = _apps_statement(rec.get("description", str), "")
     if starter.strip():
-        statement = (f"{rec.get('description', str).strip()}\n\nWrite this function:\n```python\n{starter.strip()}\n```\n"
+        statement = (f"{rec.get('description', str).strip()}\n\nWrite this function:\n"
+                     f"```python\n{starter.strip()}\n```\n"
                      "Then read its arguments from standard input, one per line, call it and print what it returns.")
     return _problem(
         rec, task_id=f"APPS/{rec.get('name', str)}", prompt=statement, tests=tuple(tests), time_limit_s=4.0,
@@ -399,7 +414,8 @@ def load_codeforces(path: pathlib.Path, split: str) -> list[Problem]:
 
 
 def _samples_text(inputs: list, outputs: list) -> str:
-    return "\n\n".join(f"Sample input {k}:\n{i}\nSample output {k}:\n{o}" for k, (i, o) in enumerate(zip(inputs, outputs), 1))
+    pairs = enumerate(zip(inputs, outputs), 1)
+    return "\n\n".join(f"Sample input {k}:\n{i}\nSample output {k}:\n{o}" for k, (i, o) in pairs)
 
 
 def _cc_tests(rec: Record, field: str) -> list[Test]:
@@ -511,7 +527,7 @@ def load_livebench(path: pathlib.Path, split: str) -> list[Problem]:
             rec, task_id=str(rec.get("question_id", (str, int))), prompt=turns[0],
             tests=tuple(_livebench_test(rec, c, meta.get("func_name"), starter) for c in cases),
             entry_point=meta.get("func_name"),
-            metadata={"task": rec.get("task", str, ""), "partial_solution": rec.get("partial_solution", (str, type(None)), None) or "",
+            metadata={"task": rec.get("task", str, ""), "partial_solution": rec.get("partial_solution", _OPT_STR, "") or "",
                       "title": rec.get("question_title", str, "")},
         ))
     return problems
@@ -575,8 +591,8 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "mbpp": Benchmark(load_mbpp, "mbpp/mbpp.jsonl", ("test", "train", "validation", "prompt", "all")),
-    "mbpp-sanitized": Benchmark(load_mbpp_sanitized, "mbpp/sanitized-mbpp.json", ("test", "train", "validation", "prompt", "all")),
+    "mbpp": Benchmark(load_mbpp, "mbpp/mbpp.jsonl", (*MBPP_SPLITS, "all")),
+    "mbpp-sanitized": Benchmark(load_mbpp_sanitized, "mbpp/sanitized-mbpp.json", (*MBPP_SPLITS, "all")),
     "humaneval": Benchmark(load_humaneval, "humaneval/HumanEval.jsonl.gz", ("test",)),
     "apps": Benchmark(load_apps, "apps/selected150.jsonl"),
     "codeforces": Benchmark(load_codeforces, None),

@@ -45,11 +45,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benchmark", required=True, choices=list(BENCHMARKS), help="benchmark whose tests to run")
     parser.add_argument("--samples", required=True, type=pathlib.Path, help='JSONL of {"task_id", "completion"}')
     parser.add_argument("--out", required=True, type=pathlib.Path, help="JSONL of results, one line per sample")
-    parser.add_argument("--problems", type=pathlib.Path, help="problem file (required for jsonl; else overrides the bundled data)")
+    parser.add_argument("--problems", type=pathlib.Path,
+                        help="problem file (required for jsonl; else overrides the bundled data)")
     parser.add_argument("--split", help="benchmark split (mbpp: test (default), train, validation, prompt, all)")
     parser.add_argument("--workers", type=int, help="sandbox worker processes (default: CPU count)")
-    parser.add_argument("--k", default="1,5,10", help="pass@k values, comma-separated; k above the samples per task are left out")
-    parser.add_argument("--restart", action="store_true", help="judge every sample again, ignoring results already in --out")
+    parser.add_argument("--k", default="1,5,10",
+                        help="pass@k values, comma-separated; a k above the samples per task is left out")
+    parser.add_argument("--restart", action="store_true",
+                        help="judge every sample again, ignoring results already in --out")
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -185,7 +188,8 @@ def main(args: argparse.Namespace) -> int:
     samples = read_samples(args.samples, problems, args.benchmark)
     done = {} if args.restart else read_done(args.out, {s.key for s in samples})
     if done:
-        print(f"algoforge score: resuming, {len(done)} of {len(samples)} samples already in {args.out}", file=sys.stderr)
+        print(f"algoforge score: resuming, {len(done)} of {len(samples)} samples already in {args.out}",
+              file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out, _jsonl(done.values()))  # drops stale lines and a half-written last line
     start = time.perf_counter()
