@@ -1,0 +1,500 @@
+"""A sandbox worker: a warm interpreter that forks one contained process per test run and reports what it did.
+
+The worker is trusted: it never runs user code itself, only forks children that do. It never receives expected
+outputs either, only the program and one test's input at a time, so nothing the child can read holds the answer.
+The parent (`eval/sandbox.py`) talks to it over stdin/stdout with length-prefixed pickle frames.
+
+Ops: {"op": "load", "source"} compiles the program (the reply says CE or ok); {"op": "run", "kind", ...} forks one
+child that runs the loaded program on one test and replies with a raw result (exit status, CPU and wall time,
+peak memory, captured output, the child's result message); {"op": "quit"}.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Single-threaded numeric libraries: forked children must not inherit half-started thread pools.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import gc  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import pickle  # noqa: E402
+import resource  # noqa: E402
+import secrets  # noqa: E402
+import selectors  # noqa: E402
+import signal  # noqa: E402
+import struct  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+import types  # noqa: E402
+
+from eval import _codec, _jail  # noqa: E402
+
+WARM_MODULES = ("math", "re", "collections", "itertools", "heapq", "functools", "bisect", "string", "typing",
+                "fractions", "decimal", "statistics", "random", "operator", "copy", "array", "datetime", "numpy")
+CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/tmp",
+             "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8", "OPENBLAS_NUM_THREADS": "1",
+             "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+FD_RESULT, FD_TOKEN = 3, 4
+EXIT_SETUP_FAILED = 121  # the child failed before user code ran: our fault
+READ_CHUNK = 1 << 16
+
+
+# ---------------------------------------------------------------- framing
+
+
+def send(fd: int, obj) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    _write_all(fd, struct.pack("<Q", len(data)) + data)
+
+
+def recv(fd: int):
+    (n,) = struct.unpack("<Q", _read_exact(fd, 8))
+    return pickle.loads(_read_exact(fd, n))
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    parts, left = [], n
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            raise EOFError("peer closed the pipe")
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# ---------------------------------------------------------------- the worker
+
+
+class Worker:
+    def __init__(self, config: dict):
+        self.isolate, self.uid, self.limits = config["isolate"], config["uid"], config["limits"]
+        self.protections: dict[str, object] = {}
+        self.init_pid = None
+        if self.isolate:
+            _jail.enter_namespaces()
+            self.protections.update(net_namespace=True, mount_namespace=True, read_only_root=_jail.read_only_root())
+        self.base = _jail.make_scratch_base()
+        self.cgroup = _jail.MemoryCgroup.create(config["cgroup_name"])
+        self.protections["memory_cgroup"] = self.cgroup.path if self.cgroup else None
+        self.protections["unprivileged_uid"] = self.uid
+        if self.isolate:
+            self._start_pid_namespace()
+        else:
+            _jail.become_subreaper()
+        self.protections["pid_namespace"] = self.init_pid is not None
+        self.code = None
+        self.runs = 0
+
+    def _start_pid_namespace(self) -> None:
+        """The next child becomes pid 1 of a new pid namespace: a reaper that, on request, kills everything else
+        in the namespace (kill(-1) from inside reaches exactly the processes a test left behind)."""
+        _jail.unshare(_jail.CLONE_NEWPID)
+        cmd_r, self.cmd_w = os.pipe()
+        self.ack_r, ack_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            _reaper(cmd_r, ack_w)
+        os.close(cmd_r)
+        os.close(ack_w)
+        self.init_pid = pid
+
+    def close(self) -> None:
+        if self.cgroup:
+            self.cgroup.remove()
+        _jail.remove_tree(self.base)
+
+    # -------------------------------------------------------- ops
+
+    def load(self, source: str) -> dict:
+        self.code = None
+        try:
+            self.code = compile(source, "solution.py", "exec", dont_inherit=True)
+        except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError) as e:
+            return {"ok": False, "detail": f"{type(e).__name__}: {e}"[:500]}
+        return {"ok": True}
+
+    def run(self, spec: dict) -> dict:
+        self.runs += 1
+        tmp = os.path.join(self.base, f"run{self.runs}")
+        os.mkdir(tmp, 0o700)
+        if self.uid is not None:
+            os.chown(tmp, self.uid, self.uid)
+        try:
+            return self._run_in(tmp, spec)
+        finally:
+            _jail.remove_tree(tmp)
+            if self.isolate:
+                _jail.wipe_scratch(keep=self.base)
+
+    def _run_in(self, tmp: str, spec: dict) -> dict:
+        limits = {**self.limits, **spec["limits"]}
+        if self.cgroup:
+            self.cgroup.set_limit(limits["memory_mb"] << 20)
+        oom_before = self.cgroup.oom_kills() if self.cgroup else 0
+        stdin_fd = _stdin_fd(spec.get("input"))
+        pipes = {name: os.pipe() for name in ("out", "err", "res", "tok")}
+        token = secrets.token_bytes(16)
+        start = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            self._child(tmp, spec, limits, stdin_fd, pipes)
+        os.close(stdin_fd)
+        for name, (r, w) in pipes.items():
+            os.close(w if name != "tok" else r)
+        _write_all(pipes["tok"][1], token)
+        os.close(pipes["tok"][1])
+        raw = _collect(pid, {n: pipes[n][0] for n in ("out", "err", "res")}, limits, start)
+        raw["token_ok"] = raw["res"] == b"T" + token
+        self._sweep(pid)
+        raw["oom"] = bool(self.cgroup) and self.cgroup.oom_kills() > oom_before
+        return raw
+
+    def _sweep(self, pid: int) -> None:
+        """Kill whatever the test left running: orphans, double-forked daemons, fork-bomb remains."""
+        if self.init_pid is not None:
+            os.write(self.cmd_w, b"s")
+            if os.read(self.ack_r, 1) != b"k":
+                raise RuntimeError("the pid-namespace reaper died")
+            return
+        _sweep_descendants()
+
+    # -------------------------------------------------------- the child
+
+    def _child(self, tmp, spec, limits, stdin_fd, pipes) -> None:
+        try:
+            self._contain(tmp, limits, stdin_fd, pipes)
+        except BaseException:  # noqa: BLE001 - report anything as our own failure, never the program's
+            traceback.print_exc()
+            os._exit(EXIT_SETUP_FAILED)
+        _run_user_code(self.code, spec)
+
+    def _contain(self, tmp, limits, stdin_fd, pipes) -> None:
+        os.setsid()
+        _jail.die_with_parent()
+        if self.cgroup:
+            self.cgroup.join()
+        os.chdir(tmp)
+        for target, fd in ((0, stdin_fd), (1, pipes["out"][1]), (2, pipes["err"][1]),
+                           (FD_RESULT, pipes["res"][1]), (FD_TOKEN, pipes["tok"][0])):
+            os.dup2(fd, target)
+        os.closerange(FD_TOKEN + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        os.environ.clear()
+        os.environ.update(CHILD_ENV, TMPDIR=tmp)
+        memory = None if self.cgroup else _address_space_limit(limits["memory_mb"])
+        _jail.set_rlimits(limits["time_s"], memory, limits["nproc"], limits["fsize"], limits["nofile"])
+        if self.uid is not None:
+            _jail.drop_privileges(self.uid)
+        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _fresh_stdio()
+
+
+def _address_space_limit(memory_mb: int) -> int:
+    """Without a memory cgroup, the fallback: the warm interpreter's own mapping plus twice the allowance (room
+    for a big thread stack); coarse, and documented as such in eval/sandbox.py."""
+    with open("/proc/self/statm") as f:
+        vsz = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    return vsz + 2 * (memory_mb << 20)
+
+
+def _stdin_fd(text: str | None) -> int:
+    if text is None:
+        return os.open(os.devnull, os.O_RDONLY)
+    fd = os.memfd_create("stdin")
+    _write_all(fd, text.encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _fresh_stdio() -> None:
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.open(0, "rb", closefd=False), encoding="utf-8")
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.open(1, "wb", closefd=False), encoding="utf-8")
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.open(2, "wb", closefd=False), encoding="utf-8",
+                                                   errors="backslashreplace", line_buffering=True)
+    sys.argv = ["solution.py"]
+
+
+# ---------------------------------------------------------------- collecting one run
+
+
+def _collect(pid: int, fds: dict[str, int], limits: dict, start: float) -> dict:
+    """Drain stdout, stderr and the result pipe concurrently until the child exits or a limit is hit."""
+    caps = {"out": limits["output_bytes"], "err": limits["output_bytes"], "res": limits["output_bytes"]}
+    bufs = {name: bytearray() for name in fds}
+    pidfd = os.pidfd_open(pid)
+    sel = selectors.DefaultSelector()
+    for name, fd in fds.items():
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ, name)
+    sel.register(pidfd, selectors.EVENT_READ, None)
+    deadline = start + limits["wall_s"]
+    killed = None
+    while killed is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            killed = "wall"
+            break
+        events = sel.select(left)
+        if any(key.data is None for key, _ in events):
+            break  # the child exited; what it wrote is still in the pipes, read below
+        for key, _ in events:
+            if not _drain(key.fd, bufs[key.data], caps[key.data], sel):
+                killed = "output"
+    _kill(pid)  # the child, or what is left of its process group; before wait4, while the pid is still ours
+    _, status, usage = os.wait4(pid, 0)
+    wall = time.monotonic() - start
+    for name, fd in fds.items():
+        if fd in sel.get_map() and not _drain(fd, bufs[name], caps[name], sel, final=True):
+            killed = killed or "output"
+        os.close(fd)
+    sel.close()
+    os.close(pidfd)
+    return _raw_result(status, usage, wall, killed, bufs)
+
+
+def _drain(fd: int, buf: bytearray, cap: int, sel, final: bool = False) -> bool:
+    """Read what is available; False when the cap is exceeded. Unregisters the fd at EOF."""
+    while True:
+        try:
+            chunk = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            sel.unregister(fd)
+            return True
+        buf += chunk
+        if len(buf) > cap:
+            sel.unregister(fd)
+            return False
+        if not final:
+            return True
+
+
+def _kill(pid: int) -> None:
+    for fn, target in ((os.killpg, pid), (os.kill, pid)):
+        try:
+            fn(target, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _raw_result(status: int, usage, wall: float, killed: str | None, bufs: dict) -> dict:
+    return {
+        "exit_code": os.waitstatus_to_exitcode(status),  # negative: killed by that signal
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "wall_s": wall,
+        "peak_mb": usage.ru_maxrss / 1024,
+        "killed": killed,
+        "out": bytes(bufs["out"]),
+        "err": bytes(bufs["err"][-2000:]),
+        "res": bytes(bufs["res"]),
+    }
+
+
+def _sweep_descendants() -> None:
+    """Without a pid namespace: as a child subreaper we inherit every orphan; kill and reap until none is left."""
+    me = str(os.getpid())
+    while True:
+        kids = [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == me]
+        if not kids:
+            return
+        for kid in kids:
+            _kill(kid)
+            try:
+                os.waitpid(kid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _ppid(pid: str) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[1].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _reaper(cmd_r: int, ack_w: int) -> None:
+    """pid 1 of the worker's pid namespace: on each request, kill every other process in it and reap them all."""
+    try:
+        _jail.die_with_parent()
+        for fd in map(int, os.listdir("/proc/self/fd")):
+            if fd > 2 and fd not in (cmd_r, ack_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        while os.read(cmd_r, 1):
+            while True:
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                try:
+                    os.waitpid(-1, 0)
+                except ChildProcessError:
+                    break
+            os.write(ack_w, b"k")
+    finally:
+        os._exit(0)
+
+
+# ---------------------------------------------------------------- what runs in the child
+
+
+def _run_user_code(code, spec: dict) -> None:
+    """Run the program on one test; write one message on FD_RESULT; exit. Never returns."""
+    kind = spec["kind"]
+    name = "__main__" if kind == "stdio" else "solution"
+    module = types.ModuleType(name)
+    module.__file__ = "solution.py"
+    sys.modules[name] = module
+    g = module.__dict__
+    try:
+        if kind == "stdio":
+            _exit(_run_stdio(code, g))
+        exec(code, g)
+        if kind == "call":
+            _report_call(g, spec)
+        else:
+            _report_assert(g, spec["code"])
+    except BaseException as e:  # noqa: BLE001 - the program's failure, reported as such
+        _report_exception(e)
+        _exit(1)
+    _exit(0)
+
+
+def _run_stdio(code, g: dict) -> int:
+    exit_code, failed = 0, False
+    try:
+        exec(code, g)
+    except SystemExit as e:
+        exit_code = _system_exit_code(e)
+    except BaseException as e:  # noqa: BLE001
+        _report_exception(e)
+        failed, exit_code = True, 1
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()  # legit programs flush buffered output from atexit hooks
+        sys.stdout.flush()
+    except BaseException:  # noqa: BLE001 - e.g. the output limit hit while flushing
+        exit_code = exit_code or 1
+    if not failed and exit_code == 0:
+        _result(b"D")
+    return exit_code
+
+
+def _system_exit_code(e: SystemExit) -> int:
+    if e.code is None:
+        return 0
+    if isinstance(e.code, int):
+        return e.code & 0xFF
+    print(e.code, file=sys.stderr)
+    return 1
+
+
+def _report_call(g: dict, spec: dict) -> None:
+    fn = g.get(spec["fn_name"])
+    if fn is None:
+        raise NameError(f"name {spec['fn_name']!r} is not defined")
+    args, kwargs = _codec.decode(spec["args"])
+    value = fn(*args, **kwargs)
+    try:
+        data = _codec.encode(value)
+    except (ValueError, TypeError, RecursionError) as e:
+        _result(b"X" + f"{type(e).__name__}: {e}".encode()[:300])
+        return
+    _result(b"V" + data)
+
+
+def _report_assert(g: dict, test_code: str) -> None:
+    """Run benchmark test code that could not be parsed, against laundered functions; then echo the completion
+    token, which is only read from its pipe once the test code has finished."""
+    tg = dict(g)
+    for key, obj in g.items():
+        if isinstance(obj, types.FunctionType) and obj.__module__ == g["__name__"]:
+            tg[key] = _laundered(obj)
+    exec(compile(test_code, "test.py", "exec", dont_inherit=True), tg)
+    token = os.read(FD_TOKEN, 64)
+    _result(b"T" + token)
+
+
+def _laundered(fn):
+    """What the program's function returns, passed through the wire format: no always-equal objects survive."""
+
+    def call(*args, **kwargs):
+        return _codec.decode(_codec.encode(fn(*args, **kwargs)))
+
+    call.__name__ = getattr(fn, "__name__", "f")
+    return call
+
+
+def _report_exception(e: BaseException) -> None:
+    try:
+        traceback.print_exception(e, file=sys.stderr)
+        sys.stderr.flush()
+    except BaseException:  # noqa: BLE001
+        pass
+    kind = type(e).__name__ if type(e) in (MemoryError, AssertionError, RecursionError) else "Exception"
+    _result(b"E" + json.dumps({"type": kind, "msg": f"{type(e).__name__}: {e}"[:300]}).encode())
+
+
+def _result(data: bytes) -> None:
+    try:
+        _write_all(FD_RESULT, data)
+    except OSError:
+        pass
+
+
+def _exit(code: int) -> None:
+    try:
+        sys.stdout.flush()
+    except BaseException:  # noqa: BLE001
+        pass
+    os._exit(code)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> None:
+    rfd, wfd = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(2, 1)  # a stray print in the worker must not corrupt the protocol
+    for mod in WARM_MODULES:
+        try:
+            __import__(mod)
+        except ImportError:
+            pass
+    worker = Worker(recv(rfd))
+    send(wfd, {"protections": worker.protections})
+    gc.freeze()  # keep the warm heap's pages shared with every forked child
+    try:
+        while True:
+            msg = recv(rfd)
+            if msg["op"] == "quit":
+                break
+            reply = worker.load(msg["source"]) if msg["op"] == "load" else worker.run(msg)
+            send(wfd, reply)
+    except EOFError:
+        pass
+    finally:
+        worker.close()
+
+
+if __name__ == "__main__":
+    main()

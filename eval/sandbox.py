@@ -1,0 +1,361 @@
+"""Run untrusted, model-written programs against a problem's tests, and judge them where they cannot interfere.
+
+    with Sandbox(workers=8) as sandbox:
+        judgements = sandbox.judge([(problem, program_text), ...], progress=bar.update)
+
+Design. A pool of warm worker processes (fresh interpreters with common modules, numpy included, imported once)
+forks one child per test run. The child receives the program and one test's *input* only (stdin, or call
+arguments) and sends back what the program produced: stdout bytes, or the call's return value serialised to
+plain tagged data (eval/_codec.py). This parent decodes that data and compares it with the expected value, which
+never leaves this process. Asserts of the common shapes are parsed into such calls (eval/judge.py); identical
+(problem, program) pairs in one batch are judged once.
+
+Threat model: what holds against a hostile program, and in which mode.
+  Always (any user, any machine):
+  - Judged outside the program's process: always-True `__eq__` objects, `sys.exit(0)` before the asserts, `atexit`
+    hooks, reading the expected value from frames, bytecode or `gc`, monkeypatching builtins or our harness, and
+    forging the result channel all yield nothing: the child never holds the answer, and whatever it writes is
+    decoded as data. An exit code alone never means pass.
+  - Its own session and process group; CPU time (RLIMIT_CPU, SIGKILL at the hard limit) and a wall-clock cap
+    enforced with SIGKILL of the group; RLIMIT_NOFILE, RLIMIT_FSIZE, no core files; stdout, stderr and the result
+    pipe drained concurrently with an output cap (OLE); a scrubbed environment, PYTHONHASHSEED=0, a fresh temp
+    dir as cwd (removed after), stdin from /dev/null when the test has none; orphans (double fork + setsid) are
+    killed and reaped after every run (pid namespace, else child-subreaper sweep); no fds or zombies left.
+  - Memory: a per-worker memory cgroup (v1 or v2) when one is writable: OOM kills are reported as MLE and large
+    thread stacks still work. Otherwise RLIMIT_AS at the warm interpreter's size plus twice the limit (coarse:
+    a warning says so).
+  When run as root (CI, this project's machines), additionally:
+  - An unprivileged uid per worker with no capabilities and no_new_privs: it owns no host file, cannot signal
+    or ptrace our processes, and RLIMIT_NPROC (fork bombs) counts only its own processes. (We use a plain uid
+    rather than a user namespace: as root we can, and the effect on the host is the same.)
+  - isolate (default when root and the kernel allows): per-worker network namespace (no interface but a down
+    loopback: no network at all), mount namespace in which every host mount is read-only and /tmp, /var/tmp and
+    /dev/shm are private tmpfs wiped after every run, and a pid namespace whose init kills everything a run left.
+Not protected against:
+  - Reading world-readable files (including benchmark files with the answers, if they are on the same disk and
+    readable) and seeing host process lists in /proc; CPU side channels; kernel exploits.
+  - Asserts the parser cannot handle run in the child (TestOutcome.detail starts with "in-child assert"). The
+    program's functions are laundered through the wire format there, so always-equal objects still fail, but a
+    program that deliberately reads the completion token from its pipe can forge a pass. Such tests are weaker.
+  - Without root: the program runs as the calling user and can signal that user's processes (this one
+    included), and RLIMIT_NPROC counts all of that user's processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import select
+import signal
+import subprocess
+import sys
+import threading
+import warnings
+from typing import Any, Callable, Sequence
+
+from eval import _codec
+from eval._worker import EXIT_SETUP_FAILED, recv, send
+from eval.judge import Check, outputs_match, parse_assert, to_json_value, values_equal
+from eval.problems import Judgement, Problem, Test, TestOutcome, Verdict
+
+DEFAULT_LIMITS = {"nproc": 128, "fsize": 64 << 20, "nofile": 256, "output_bytes": 32 << 20}
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SPAWN_ENV = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONPATH": _ROOT, "PYTHONDONTWRITEBYTECODE": "1",
+              "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_IN_CHILD = "in-child assert (weaker: judged inside the program's process)"
+
+
+class SandboxError(RuntimeError):
+    """A worker died or hung: our fault, never the program's."""
+
+
+class Sandbox:
+    """A pool of warm sandbox workers. `judge` gives one Judgement per (problem, program text), in order."""
+
+    def __init__(self, workers: int | None = None, *, isolate: bool | None = None):
+        self.n_workers = workers or os.cpu_count() or 1
+        self.isolate = (os.geteuid() == 0) if isolate is None else isolate
+        self._required = isolate is True
+        self._workers = [_WorkerProcess(i, self.isolate) for i in range(self.n_workers)]
+        for w in self._workers:
+            w.handshake()
+        self.protections = self._workers[0].protections
+        self._warn_about_gaps()
+
+    def _warn_about_gaps(self) -> None:
+        p = self.protections
+        if self._required and not p.get("pid_namespace"):
+            self.close()
+            raise SandboxError("isolate=True, but namespaces are not available here")
+        gaps = [name for name, on in (("namespaces", p.get("pid_namespace")), ("memory cgroup", p.get("memory_cgroup")),
+                                      ("unprivileged uid", p.get("unprivileged_uid") is not None)) if not on]
+        if gaps:
+            warnings.warn(f"sandbox runs without {', '.join(gaps)}; see eval/sandbox.py for what that leaves open",
+                          RuntimeWarning, stacklevel=3)
+
+    def judge(self, jobs: Sequence[tuple[Problem, str]],
+              progress: Callable[[int], None] | None = None) -> list[Judgement]:
+        results: list[Judgement | None] = [None] * len(jobs)
+        unique: dict[tuple[int, str], list[int]] = {}
+        for i, (problem, program) in enumerate(jobs):
+            if not program.strip():
+                results[i] = Judgement(Verdict.NO_CODE, tests=())
+                progress and progress(1)
+            else:
+                unique.setdefault((id(problem), program), []).append(i)
+        todo: queue.SimpleQueue = queue.SimpleQueue()
+        for indices in unique.values():
+            todo.put(indices)
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        plans: dict[int, list] = {}
+        threads = [threading.Thread(target=self._serve, args=(w, jobs, todo, done, plans), daemon=True)
+                   for w in self._workers[: max(1, min(len(self._workers), len(unique)))]]
+        for t in threads:
+            t.start()
+        for _ in range(len(unique)):
+            indices, judgement = done.get()
+            for i in indices:
+                results[i] = judgement
+            if progress:
+                progress(len(indices))
+        for t in threads:
+            t.join()
+        return results  # type: ignore[return-value]
+
+    def _serve(self, worker: "_WorkerProcess", jobs, todo, done, plans) -> None:
+        while True:
+            try:
+                indices = todo.get_nowait()
+            except queue.Empty:
+                return
+            problem, program = jobs[indices[0]]
+            if id(problem) not in plans:
+                plans[id(problem)] = [_plan(t, problem) for t in problem.tests]
+            try:
+                judgement = _Judge(worker, problem, plans[id(problem)]).run(program)
+            except Exception as e:  # noqa: BLE001 - never let one job take the batch down
+                worker.restart()
+                judgement = Judgement(Verdict.SANDBOX_ERROR, (TestOutcome(Verdict.SANDBOX_ERROR, 0.0, 0.0,
+                                                                         detail=str(e)[:300]),))
+            done.put((indices, judgement))
+
+    def close(self) -> None:
+        for w in self._workers:
+            w.close()
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------- test plans
+
+
+def _plan(test: Test, problem: Problem) -> list[Check] | Test:
+    """A test as parent-judged checks where possible; else the test itself (stdio, call, in-child assert)."""
+    if test.type == "assert":
+        return parse_assert(test.code, problem.entry_point) or test
+    return test
+
+
+class _Judge:
+    """Judges one program on one problem with one worker, stopping at the first failing test."""
+
+    def __init__(self, worker: "_WorkerProcess", problem: Problem, plans: list):
+        self.worker, self.problem, self.plans = worker, problem, plans
+        t = problem.time_limit_s
+        self.limits = {"time_s": t, "wall_s": 3 * t + 1, "memory_mb": problem.memory_limit_mb}
+
+    def run(self, program: str) -> Judgement:
+        source = f"{self.problem.setup_code}\n{program}" if self.problem.setup_code else program
+        loaded = self.worker.call({"op": "load", "source": source})
+        if not loaded["ok"]:
+            return Judgement(Verdict.CE, (TestOutcome(Verdict.CE, 0.0, 0.0, detail=loaded["detail"]),))
+        outcomes = []
+        for plan in self.plans:
+            outcomes.append(self._test(plan))
+            if outcomes[-1].verdict is not Verdict.PASS:
+                return Judgement(outcomes[-1].verdict, tuple(outcomes))
+        return Judgement(Verdict.PASS, tuple(outcomes))
+
+    def _test(self, plan: list[Check] | Test) -> TestOutcome:
+        if isinstance(plan, list):
+            outcomes = []
+            for check in plan:
+                outcomes.append(self._check(check))
+                if outcomes[-1].verdict is not Verdict.PASS:
+                    break
+            return _merge(outcomes)
+        if plan.type == "stdio":
+            raw = self._run({"kind": "stdio", "input": plan.input})
+            return _outcome(raw, self.limits, lambda: _stdio_verdict(raw, plan.output, self.problem.float_tolerance))
+        if plan.type == "call":
+            args = _codec.encode((tuple(plan.args), {}))
+            raw = self._run({"kind": "call", "fn_name": plan.fn_name, "args": args})
+            judge = lambda: _call_verdict(raw, lambda v: values_equal(  # noqa: E731
+                to_json_value(v), plan.expected, self.problem.float_tolerance, json_mode=True))
+            return _outcome(raw, self.limits, judge)
+        raw = self._run({"kind": "assert", "code": plan.code})
+        return _outcome(raw, self.limits, lambda: _assert_verdict(raw))
+
+    def _check(self, check: Check) -> TestOutcome:
+        outcomes, actuals = [], []
+        for probe in check.probes:
+            args = _codec.encode((probe.args, dict(probe.kwargs)))
+            raw = self._run({"kind": "call", "fn_name": probe.fn_name, "args": args})
+            outcomes.append(_outcome(raw, self.limits, lambda: _call_verdict(raw, actuals.append)))
+            if outcomes[-1].verdict is not Verdict.PASS:
+                return _merge(outcomes)
+        try:
+            ok = check.holds(actuals, self.problem.float_tolerance)
+        except Exception:  # noqa: BLE001 - e.g. len() of an int: the assert fails, as it would in Python
+            ok = False
+        verdict = Verdict.PASS if ok else Verdict.WA
+        return _merge(outcomes, verdict, "" if ok else f"assert {check.text}"[:300])
+
+    def _run(self, spec: dict) -> dict:
+        return self.worker.call({"op": "run", "limits": self.limits, **spec})
+
+
+def _merge(outcomes, verdict: Verdict | None = None, detail: str = "") -> TestOutcome:
+    """Several child runs of one test as one outcome: the first failure, summed time, max memory."""
+    outcomes = list(outcomes)
+    failed = next((o for o in outcomes if o.verdict is not Verdict.PASS), None)
+    if failed is None and verdict is not None:
+        failed = TestOutcome(verdict, 0.0, 0.0, detail=detail)
+    return TestOutcome(failed.verdict if failed else Verdict.PASS, sum(o.time_s for o in outcomes),
+                       max((o.peak_mem_mb for o in outcomes), default=0.0), sum(o.wall_s for o in outcomes),
+                       failed.detail if failed else "")
+
+
+# ---------------------------------------------------------------- verdicts from raw results
+
+
+def _outcome(raw: dict, limits: dict, judge: Callable[[], tuple[Verdict, str]]) -> TestOutcome:
+    """The verdict of one child run: limits and crashes first, then (only for a clean exit) the comparison."""
+    verdict, detail = _limit_verdict(raw, limits)
+    if verdict is None:
+        verdict, detail = judge()
+    return TestOutcome(verdict, round(raw["cpu_s"], 4), round(raw["peak_mb"], 2), round(raw["wall_s"], 4), detail)
+
+
+def _limit_verdict(raw: dict, limits: dict) -> tuple[Verdict | None, str]:
+    code, error = raw["exit_code"], _error(raw)
+    if code == EXIT_SETUP_FAILED and not raw["res"]:
+        return Verdict.SANDBOX_ERROR, "the sandbox failed to set up the run: " + raw["err"][-300:].decode(errors="replace")
+    if raw["killed"] == "output":
+        return Verdict.OLE, "output limit exceeded"
+    if raw["killed"] == "wall":
+        return Verdict.TLE, f"wall-clock limit {limits['wall_s']:.1f}s"
+    if raw["cpu_s"] > limits["time_s"] or code == -signal.SIGXCPU:
+        return Verdict.TLE, f"CPU time {raw['cpu_s']:.2f}s > {limits['time_s']}s"
+    if raw["oom"] or (error and error["type"] == "MemoryError"):
+        return Verdict.MLE, f"memory limit {limits['memory_mb']} MB"
+    if code < 0:
+        return Verdict.RE, f"killed by {signal.Signals(-code).name}"
+    if error:
+        return (Verdict.WA if error["type"] == "AssertionError" else Verdict.RE), error["msg"]
+    if code != 0:
+        return Verdict.RE, f"exit code {code}: " + raw["err"][-200:].decode(errors="replace")
+    return None, ""
+
+
+def _error(raw: dict) -> dict | None:
+    if not raw["res"].startswith(b"E"):
+        return None
+    try:
+        error = json.loads(raw["res"][1:])
+        return {"type": str(error["type"]), "msg": str(error["msg"])[:300]}
+    except (ValueError, KeyError, TypeError):
+        return {"type": "Exception", "msg": "malformed error report"}
+
+
+def _call_verdict(raw: dict, accept: Callable[[Any], Any]) -> tuple[Verdict, str]:
+    res = raw["res"]
+    if res.startswith(b"X"):
+        return Verdict.WA, "return value cannot be compared: " + res[1:200].decode(errors="replace")
+    if not res.startswith(b"V"):
+        return Verdict.RE, "the program exited without returning"
+    try:
+        value = _codec.decode(res[1:])
+    except _codec.WireError as e:
+        return Verdict.WA, str(e)
+    if accept(value) is False:
+        return Verdict.WA, f"got {_short(value)}"
+    return Verdict.PASS, ""
+
+
+def _stdio_verdict(raw: dict, expected: str, tol: float) -> tuple[Verdict, str]:
+    actual = raw["out"].decode(errors="replace")
+    if outputs_match(actual, expected, tol):
+        return Verdict.PASS, ""
+    return Verdict.WA, f"got {_short(actual)}"
+
+
+def _assert_verdict(raw: dict) -> tuple[Verdict, str]:
+    if raw["token_ok"]:
+        return Verdict.PASS, _IN_CHILD
+    return Verdict.WA, _IN_CHILD + ": no valid completion token"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+# ---------------------------------------------------------------- worker processes
+
+
+class _WorkerProcess:
+    """One warm worker (eval/_worker.py) and the pipe protocol to it; restarted if it dies or hangs."""
+
+    def __init__(self, index: int, isolate: bool):
+        self.index, self.isolate = index, isolate
+        self.uid = 1_000_000 + (os.getpid() % 4_000_000) * 64 + index if os.geteuid() == 0 else None
+        self.cgroup_name = f"algoforge-sandbox-{os.getpid()}-{index}"
+        self.protections: dict = {}
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from eval._worker import main; main()"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, env=_SPAWN_ENV, cwd="/", start_new_session=True)
+        self._w, self._r = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        send(self._w, {"isolate": self.isolate, "uid": self.uid, "cgroup_name": self.cgroup_name,
+                       "limits": DEFAULT_LIMITS})
+
+    def handshake(self) -> None:
+        self.protections = self._recv(timeout=120.0)["protections"]
+
+    def call(self, msg: dict) -> dict:
+        timeout = msg["limits"]["wall_s"] + 30.0 if msg["op"] == "run" else 60.0
+        send(self._w, msg)
+        return self._recv(timeout)
+
+    def _recv(self, timeout: float) -> dict:
+        ready, _, _ = select.select([self._r], [], [], timeout)
+        if not ready:
+            raise SandboxError(f"worker {self.index} did not answer within {timeout:.0f}s")
+        try:
+            return recv(self._r)
+        except (EOFError, OSError) as e:
+            raise SandboxError(f"worker {self.index} died: {e}") from None
+
+    def restart(self) -> None:
+        self.close()
+        self._spawn()
+        self.handshake()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                send(self._w, {"op": "quit"})
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            f.close()
