@@ -18,7 +18,7 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 32, 4096, 8192, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # the world-writable places; each gets a private tmpfs
 _KEEP_RW = ("/proc", "/sys", "/dev")  # pseudo filesystems; nothing there is writable by the sandbox uid
@@ -49,13 +49,48 @@ def prctl(option: int, arg: int) -> None:
 # ---------------------------------------------------------------- worker-wide setup (namespaces, mounts)
 
 
-def enter_namespaces() -> None:
-    """New mount and network namespaces for this worker: no network at all, a read-only view of the host."""
+def enter_namespaces(needed: list[str]) -> None:
+    """New mount and network namespaces for this worker: no network at all, a read-only view of the host in which
+    the `needed` paths (the interpreter and its libraries) are reachable by the unprivileged sandbox uid."""
     unshare(CLONE_NEWNS | CLONE_NEWNET)
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks back to the host
     for path in SCRATCH_DIRS:
         if os.path.isdir(path):
             mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=512m,nr_inodes=20000")
+    for closed, children in closed_ancestors(needed).items():
+        _open_up(closed, children)
+    _remount_read_only()
+
+
+def closed_ancestors(paths: list[str]) -> dict[str, set[str]]:
+    """Directories others cannot traverse (e.g. /root, mode 700) on the way to `paths`, with the child we need."""
+    closed: dict[str, set[str]] = {}
+    for path in paths:
+        parts = os.path.realpath(path).strip("/").split("/")
+        for i in range(1, len(parts)):
+            ancestor = "/" + "/".join(parts[:i])
+            if not os.stat(ancestor).st_mode & 0o001:
+                closed.setdefault(ancestor, set()).add(parts[i])
+                break
+    return closed
+
+
+def _open_up(directory: str, children: set[str]) -> None:
+    """Replace `directory` by an empty world-traversable tmpfs holding only bind mounts of `children`: the rest
+    of it (say, /root's other contents) stays hidden from the sandbox."""
+    stash = tempfile.mkdtemp(dir="/tmp")
+    for name in children:
+        os.mkdir(os.path.join(stash, name))
+        mount(os.path.join(directory, name), os.path.join(stash, name), None, MS_BIND | MS_REC)
+    mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+    for name in children:
+        os.mkdir(os.path.join(directory, name))
+        mount(os.path.join(stash, name), os.path.join(directory, name), None, MS_MOVE)
+        os.rmdir(os.path.join(stash, name))
+    os.rmdir(stash)
+
+
+def _remount_read_only() -> None:
     for target, opts in _mounts():
         if target in SCRATCH_DIRS or target.startswith(_KEEP_RW):
             continue

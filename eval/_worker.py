@@ -81,12 +81,15 @@ class Worker:
         self.isolate, self.uid, self.limits = config["isolate"], config["uid"], config["limits"]
         self.protections: dict[str, object] = {}
         self.init_pid = None
+        needed = [sys.base_prefix, sys.prefix, *filter(os.path.isdir, sys.path)]
         if self.isolate:
-            _jail.enter_namespaces()
+            _jail.enter_namespaces(needed)
             self.protections.update(net_namespace=True, mount_namespace=True, read_only_root=_jail.read_only_root())
         self.base = _jail.make_scratch_base()
         self.cgroup = _jail.MemoryCgroup.create(config["cgroup_name"])
         self.protections["memory_cgroup"] = self.cgroup.path if self.cgroup else None
+        if not self.isolate and self.uid is not None and _jail.closed_ancestors(needed):
+            self.uid = None  # the interpreter lives where others cannot read (e.g. /root): keep our uid, loudly
         self.protections["unprivileged_uid"] = self.uid
         if self.isolate:
             self._start_pid_namespace()
@@ -198,6 +201,7 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.set_int_max_str_digits(0)  # huge ints print as they did before Python 3.11
         _fresh_stdio()
 
 

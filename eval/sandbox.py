@@ -81,6 +81,8 @@ class Sandbox:
         for w in self._workers:
             w.handshake()
         self.protections = self._workers[0].protections
+        self.child_runs = 0  # processes forked for tests so far (dedup and early stopping keep it low)
+        self._lock = threading.Lock()
         self._warn_about_gaps()
 
     def _warn_about_gaps(self) -> None:
@@ -133,7 +135,10 @@ class Sandbox:
             if id(problem) not in plans:
                 plans[id(problem)] = [_plan(t, problem) for t in problem.tests]
             try:
-                judgement = _Judge(worker, problem, plans[id(problem)]).run(program)
+                judge = _Judge(worker, problem, plans[id(problem)])
+                judgement = judge.run(program)
+                with self._lock:
+                    self.child_runs += judge.runs
             except Exception as e:  # noqa: BLE001 - never let one job take the batch down
                 worker.restart()
                 judgement = Judgement(Verdict.SANDBOX_ERROR, (TestOutcome(Verdict.SANDBOX_ERROR, 0.0, 0.0,
@@ -168,6 +173,7 @@ class _Judge:
         self.worker, self.problem, self.plans = worker, problem, plans
         t = problem.time_limit_s
         self.limits = {"time_s": t, "wall_s": 3 * t + 1, "memory_mb": problem.memory_limit_mb}
+        self.runs = 0
 
     def run(self, program: str) -> Judgement:
         source = f"{self.problem.setup_code}\n{program}" if self.problem.setup_code else program
@@ -217,6 +223,7 @@ class _Judge:
         return _merge(outcomes, verdict, "" if ok else f"assert {check.text}"[:300])
 
     def _run(self, spec: dict) -> dict:
+        self.runs += 1
         return self.worker.call({"op": "run", "limits": self.limits, **spec})
 
 
@@ -302,7 +309,10 @@ def _assert_verdict(raw: dict) -> tuple[Verdict, str]:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int past the int-to-str digit limit
+        text = f"<int of {value.bit_length()} bits>"
     return text if len(text) <= 120 else text[:117] + "..."
 
 

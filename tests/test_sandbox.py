@@ -1,0 +1,201 @@
+"""The sandbox on legitimate programs: verdict categories, output comparison, assert parsing, dedup, the codec."""
+
+import math
+import sys
+
+import pytest
+
+from eval import _codec
+from eval.judge import outputs_match, parse_assert, values_equal
+from eval.problems import Problem, Verdict
+from eval.problems import Test as Case  # not "Test*": pytest would try to collect it
+from eval.sandbox import Sandbox
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(workers=2) as sb:
+        yield sb
+
+
+def stdio(inp="", out="", **kw):
+    return Problem("stdio", "", (Case("stdio", input=inp, output=out),), **kw)
+
+
+def asserts(*codes, **kw):
+    return Problem("asserts", "", tuple(Case("assert", code=c) for c in codes), entry_point="f", **kw)
+
+
+def verdicts(sb, jobs):
+    return [j.verdict for j in sb.judge(jobs)]
+
+
+# ---------------------------------------------------------------- legitimate programs pass
+
+
+LEGIT_STDIO = {
+    "exit after print": "print(int(input()) * 2)\nimport sys\nsys.exit(0)",
+    "main guard": "def main():\n    print(int(input()) * 2)\nif __name__ == '__main__':\n    main()",
+    "stdin.buffer": "import sys\nprint(int(sys.stdin.buffer.read().split()[0]) * 2)",
+    "open(0)": "print(int(open(0).read()) * 2)",
+    "os.write": "import os\nos.write(1, str(int(input()) * 2).encode() + b'\\n')",
+    "atexit flush": "import atexit, io, os, sys\nbuf = io.StringIO()\n"
+                    "atexit.register(lambda: os.write(1, buf.getvalue().encode()))\nbuf.write(str(int(input()) * 2))",
+    "deep recursion in a thread": (
+        "import sys, threading\nsys.setrecursionlimit(10**6)\nthreading.stack_size(256 << 20)\n"
+        "def depth(n):\n    return 0 if n == 0 else 1 + depth(n - 1)\n"
+        "def main():\n    n = int(input())\n    print(depth(n * 10000) // 10000 * 2)\n"
+        "t = threading.Thread(target=main)\nt.start()\nt.join()"),
+    "numpy": "import numpy as np\nn = int(input())\nprint(int(np.full(3, n).sum() - n))",
+}
+
+
+def test_legit_stdio_programs_pass(sandbox):
+    problem = stdio("21\n", "42\n")
+    judgements = sandbox.judge([(problem, src) for src in LEGIT_STDIO.values()])
+    assert {name: j.verdict for name, j in zip(LEGIT_STDIO, judgements)} == dict.fromkeys(LEGIT_STDIO, Verdict.PASS)
+
+
+def test_huge_ints_print_and_return(sandbox):
+    big = 7**20000  # far past Python's 4300-digit int-to-str limit, in both directions
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        text = str(big)
+    finally:
+        sys.set_int_max_str_digits(limit)
+    call = Problem("c", "", (Case("call", fn_name="f", args=[20000], expected=big),), entry_point="f")
+    js = sandbox.judge([(stdio("", text), "print(7**20000)"), (call, "def f(n):\n    return 7**n"),
+                        (call, "def f(n):\n    return 7**n + 1")])
+    assert [j.verdict for j in js] == [Verdict.PASS, Verdict.PASS, Verdict.WA]
+
+
+def test_verdict_categories(sandbox):
+    fast = stdio("", "ok", time_limit_s=1, memory_limit_mb=128)
+    got = verdicts(sandbox, [
+        (fast, "print('ok')"),
+        (fast, "print('no')"),
+        (fast, "def f(:\n  pass"),
+        (fast, "while True:\n    pass"),
+        (fast, "import time\ntime.sleep(30)"),
+        (fast, "import ctypes\nctypes.string_at(0)"),
+        (fast, "raise ValueError('boom')"),
+        (fast, "import sys\nprint('ok')\nsys.exit(3)"),
+        (fast, "x = bytearray(1 << 30)\nprint('ok')"),
+        (fast, "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)"),
+        (fast, "   \n"),
+    ])
+    assert got == [Verdict.PASS, Verdict.WA, Verdict.CE, Verdict.TLE, Verdict.TLE, Verdict.RE, Verdict.RE,
+                   Verdict.RE, Verdict.MLE, Verdict.OLE, Verdict.NO_CODE]
+
+
+def test_outcomes_carry_time_and_memory(sandbox):
+    [j] = sandbox.judge([(stdio("", "ok"), "x = [0] * 10**7\nprint('ok')")])
+    [t] = j.tests
+    assert j.passed and t.time_s > 0 and t.wall_s >= t.time_s * 0.5 and t.peak_mem_mb > 70
+
+
+def test_mbpp_style_asserts(sandbox):
+    problem = asserts("assert f(3) == (0, 1, 2)", "assert set(f(2)) == {0, 1}", "assert not f(0) == [0]",
+                      "assert math.isclose(sum(f(3)) / 3, 1.0, rel_tol=1e-9)", "assert abs(len(f(4)) - 4) < 0.5")
+    assert all(parse_assert(t.code, "f") for t in problem.tests)
+    got = verdicts(sandbox, [(problem, "def f(n):\n    return tuple(range(n))"),
+                             (problem, "def f(n):\n    return list(range(n))"),
+                             (problem, "def f(n):\n    return (x for x in range(n))")])
+    assert got == [Verdict.PASS, Verdict.WA, Verdict.WA]  # a list is not a tuple; a generator is not a tuple
+
+
+def test_float_tolerance_and_python_equality(sandbox):
+    problem = asserts("assert f(1) == 0.3", "assert f(2) == 1", float_tolerance=1e-6)
+    got = verdicts(sandbox, [(problem, "def f(n):\n    return 0.1 + 0.2 if n == 1 else 1.0"),
+                             (problem, "def f(n):\n    return 0.31 if n == 1 else 1")])
+    assert got == [Verdict.PASS, Verdict.WA]
+
+
+def test_call_tests_compare_like_json(sandbox):
+    problem = Problem("c", "", (Case("call", fn_name="g", args=[[3, 1, 2]], expected=[1, 2, 3]),))
+    got = verdicts(sandbox, [(problem, "def g(xs):\n    return tuple(sorted(xs))"),
+                             (problem, "def g(xs):\n    return sorted(xs, reverse=True)")])
+    assert got == [Verdict.PASS, Verdict.WA]
+
+
+def test_setup_code_is_prepended(sandbox):
+    problem = Problem("s", "", (Case("assert", code="assert f(4) == 2.0"),), entry_point="f",
+                      setup_code="import math as m")
+    assert verdicts(sandbox, [(problem, "def f(x):\n    return m.sqrt(x)")]) == [Verdict.PASS]
+
+
+def test_humaneval_check_function_is_parsed_and_judged(sandbox):
+    test = ("METADATA = {'author': 'x'}\n\ndef check(candidate):\n    assert candidate(2, 3) == 5\n"
+            "    assert candidate(-1, 1) == 0, 'message'\n    assert True\n\ncheck(add)\n")
+    checks = parse_assert(test, "add")
+    assert [c.probes[0].fn_name for c in checks] == ["add", "add"]
+    problem = Problem("he", "", (Case("assert", code=test),), entry_point="add")
+    assert verdicts(sandbox, [(problem, "def add(a, b):\n    return a + b"),
+                              (problem, "def add(a, b):\n    return 5")]) == [Verdict.PASS, Verdict.WA]
+
+
+def test_unparseable_asserts_run_in_child_and_say_so(sandbox):
+    code = "for i in range(5):\n    assert f(i) == 2 * i"
+    assert parse_assert(code, "f") is None
+    problem = asserts(code)
+    good, bad = sandbox.judge([(problem, "def f(i):\n    return 2 * i"), (problem, "def f(i):\n    return i")])
+    assert good.verdict is Verdict.PASS and good.tests[0].detail.startswith("in-child assert")
+    assert bad.verdict is Verdict.WA
+
+
+def test_stops_at_first_failure_and_dedups(sandbox):
+    problem = asserts("assert f(1) == 1", "assert f(2) == 2", "assert f(3) == 3")
+    before = sandbox.child_runs
+    js = sandbox.judge([(problem, "def f(x):\n    return 1")] * 5)
+    assert [len(j.tests) for j in js] == [2] * 5 and js[0].verdict is Verdict.WA
+    assert sandbox.child_runs - before == 2  # five identical jobs, one judged, stopped after the failing test
+
+
+def test_progress_counts_every_job(sandbox):
+    seen = []
+    problem = asserts("assert f(1) == 1")
+    sandbox.judge([(problem, "def f(x):\n    return x")] * 3 + [(problem, "")], progress=seen.append)
+    assert sum(seen) == 4
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def test_outputs_match():
+    assert outputs_match("1  2\n3.0000001\n", "1 2 3.0", 1e-6)
+    assert not outputs_match("1 2", "1 2 3", 1e-6)
+    assert not outputs_match("3.0", "3", 1e-6)  # integers are exact
+    assert not outputs_match("3.1", "3.0", 1e-6)
+    assert outputs_match("YES", "YES\n\n", 1e-6) and not outputs_match("yes", "YES", 1e-6)
+
+
+def test_values_equal_keeps_python_semantics():
+    assert values_equal(1, 1.0, 0) and values_equal(True, 1, 0)
+    assert not values_equal([1, 2], (1, 2), 0) and values_equal([1, 2], (1, 2), 0, json_mode=True)
+    assert values_equal({1, 2}, frozenset({2, 1}), 0)
+    assert values_equal([0.1 + 0.2], [0.3], 1e-9) and not values_equal([0.1 + 0.2], [0.3], 0)
+    assert not values_equal(_codec.Iterated([1]), [1], 0)
+
+
+def test_codec_round_trip_keeps_types():
+    value = [1, 2.5, "s", None, True, (1, [2]), {3}, frozenset({4}), {(1, 2): b"x"}, 3 + 4j, 10**5000, math.inf]
+    assert _codec.decode(_codec.encode(value)) == value
+    assert type(_codec.decode(_codec.encode(iter([1, 2])))) is _codec.Iterated
+
+
+def test_codec_strips_subclass_behaviour():
+    class Liar(int):
+        def __eq__(self, other):
+            return True
+
+        __hash__ = int.__hash__
+
+    out = _codec.decode(_codec.encode([Liar(5)]))
+    assert out == [5] and type(out[0]) is int
+
+
+def test_codec_rejects_forged_data():
+    for forged in (b'{"zz": 1}', b'{"s": [[1]]}', b"[1", b'{"t": 1}'):
+        with pytest.raises(_codec.WireError):
+            _codec.decode(forged)
