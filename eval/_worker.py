@@ -492,7 +492,10 @@ def main() -> None:
             msg = recv(rfd)
             if msg["op"] == "quit":
                 break
-            reply = worker.load(msg["source"]) if msg["op"] == "load" else worker.run(msg)
+            try:
+                reply = worker.load(msg["source"]) if msg["op"] == "load" else worker.run(msg)
+            except Exception:  # noqa: BLE001 - our bug: tell the parent, which reports SANDBOX_ERROR
+                reply = {"error": traceback.format_exc(limit=-3)}
             send(wfd, reply)
     except EOFError:
         pass

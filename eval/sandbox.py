@@ -343,7 +343,10 @@ class _WorkerProcess:
     def call(self, msg: dict) -> dict:
         timeout = msg["limits"]["wall_s"] + 30.0 if msg["op"] == "run" else 60.0
         send(self._w, msg)
-        return self._recv(timeout)
+        reply = self._recv(timeout)
+        if "error" in reply:
+            raise SandboxError(f"worker {self.index} failed: {reply['error']}")
+        return reply
 
     def _recv(self, timeout: float) -> dict:
         ready, _, _ = select.select([self._r], [], [], timeout)

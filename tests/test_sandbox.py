@@ -53,7 +53,8 @@ LEGIT_STDIO = {
 def test_legit_stdio_programs_pass(sandbox):
     problem = stdio("21\n", "42\n")
     judgements = sandbox.judge([(problem, src) for src in LEGIT_STDIO.values()])
-    assert {name: j.verdict for name, j in zip(LEGIT_STDIO, judgements)} == dict.fromkeys(LEGIT_STDIO, Verdict.PASS)
+    failed = {name: j.tests for name, j in zip(LEGIT_STDIO, judgements) if not j.passed}
+    assert not failed
 
 
 def test_huge_ints_print_and_return(sandbox):

