@@ -26,6 +26,9 @@ def perturb_value(v: Any) -> Any:
     return 0  # None and anything else
 
 
+_WRAPPERS = {"set", "frozenset", "tuple", "list", "sorted"}
+
+
 def _literal(node: ast.expr) -> bool:
     try:
         ast.literal_eval(node)
@@ -38,7 +41,9 @@ def _perturbed_expr(node: ast.expr) -> ast.expr | None:
     """`node` with its expected value changed: a literal, or a literal wrapped in one call like set((4, 5))."""
     if _literal(node):
         return ast.parse(repr(perturb_value(ast.literal_eval(node))), mode="eval").body
-    if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords and _literal(node.args[0]):
+    # Only value-preserving wrappers: sys.getsizeof((1, 2)) == sys.getsizeof((1, 3)), for one.
+    wrapper = isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _WRAPPERS
+    if wrapper and len(node.args) == 1 and not node.keywords and _literal(node.args[0]):
         return ast.Call(node.func, [_perturbed_expr(node.args[0])], [])
     return None
 
