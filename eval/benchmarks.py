@@ -3,7 +3,8 @@
 `load_benchmark(name, path=None, split=None)` is the one entry point. MBPP (full and sanitized), HumanEval and the
 MapCoder APPS subset are bundled under `eval/data/` with their SOURCE notes; the other formats (upstream APPS,
 xCodeEval Codeforces, CodeContests, LiveBench coding, generic jsonl) are read from a file the user names. Any bad
-record raises `UserError` naming the file, the line (or array item) and the field.
+record raises `UserError` naming the file, the line (or array item) and the field. Reading and located errors are
+in `eval/records.py`, the competitive-programming formats in `eval/contests.py`.
 
 Deliberately left out: downloading data, and hidden-test databases (xCodeEval's unittest_db) that are not in the
 problem file itself.
