@@ -57,8 +57,9 @@ def maintainability_index(program: str) -> float | None:
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
+    """Mean of the finite values, to 4 decimals (timings and memory are not more precise than that); None if none."""
     values = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(values)) if values else None
+    return round(float(np.mean(values)), 4) if values else None
 
 
 def summarize(results: Sequence[Mapping[str, Any]], ks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
