@@ -197,13 +197,13 @@ def load_hf_state(model_dir: Path, cfg: Qwen2Config, abstract: nnx.State) -> nnx
             rule, path = match
             if path in loaded:
                 raise UserError(f"{file}: tensor {name!r} is set twice")
-            host = rule.to_jax(tensor, cfg)
-            if host.shape != targets[path].shape:
+            # Checked in the HF layout, before to_jax: its reshapes would accept any tensor of the right size.
+            expected = rule.to_hf(np.broadcast_to(np.int8(0), targets[path].shape), cfg).shape
+            if tensor.shape != expected:
                 raise UserError(
-                    f"{file}: tensor {name!r} has shape {list(tensor.shape)}, config.json implies "
-                    f"{list(rule.to_hf(np.empty(targets[path].shape, np.int8), cfg).shape)}"
+                    f"{file}: tensor {name!r} has shape {list(tensor.shape)}, config.json implies {list(expected)}"
                 )
-            loaded[path] = _place(host, targets[path])
+            loaded[path] = _place(rule.to_jax(tensor, cfg), targets[path])
     missing = sorted(jax_to_hf_key(p)[1] for p in targets.keys() - loaded.keys())
     if missing:
         raise UserError(f"{model_dir}: missing tensor(s) {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")

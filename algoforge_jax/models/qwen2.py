@@ -49,7 +49,7 @@ class Qwen2Config:
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
-    sliding_window: int | None = None  # kept only to write back; use_sliding_window=True is refused
+    sliding_window: int | None = None  # unused: use_sliding_window=True is refused, so from_hf_config leaves it None
     max_window_layers: int | None = None
 
     def __post_init__(self):
@@ -130,8 +130,10 @@ def _from_hf_config(cls, hf: dict[str, Any], source: str, overrides: dict[str, A
         bos_token_id=hf.get("bos_token_id"),
         eos_token_id=hf.get("eos_token_id"),
         pad_token_id=hf.get("pad_token_id"),
-        sliding_window=hf.get("sliding_window"),
-        max_window_layers=hf.get("max_window_layers"),
+        # Both only mean something with use_sliding_window (refused above), and transformers 5 drops
+        # sliding_window then; keeping neither makes a 4.x hub file, a 5.x file and our own export equal configs.
+        sliding_window=None,
+        max_window_layers=None,
     )
     for name, value in fields.items():
         if name in ("rope_theta", "rms_norm_eps", "tie_word_embeddings", "checkpoint_dtype"):
