@@ -204,6 +204,7 @@ def load_hf_state(model_dir: Path, cfg: Qwen2Config, abstract: nnx.State) -> nnx
                     f"{file}: tensor {name!r} has shape {list(tensor.shape)}, config.json implies {list(expected)}"
                 )
             loaded[path] = _place(rule.to_jax(tensor, cfg), targets[path])
+    bar.close()
     missing = sorted(jax_to_hf_key(p)[1] for p in targets.keys() - loaded.keys())
     if missing:
         raise UserError(f"{model_dir}: missing tensor(s) {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")

@@ -49,8 +49,6 @@ class Qwen2Config:
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
-    sliding_window: int | None = None  # unused: use_sliding_window=True is refused, so from_hf_config leaves it None
-    max_window_layers: int | None = None
 
     def __post_init__(self):
         if self.num_attention_heads % self.num_key_value_heads:
@@ -130,10 +128,6 @@ def _from_hf_config(cls, hf: dict[str, Any], source: str, overrides: dict[str, A
         bos_token_id=hf.get("bos_token_id"),
         eos_token_id=hf.get("eos_token_id"),
         pad_token_id=hf.get("pad_token_id"),
-        # Both only mean something with use_sliding_window (refused above), and transformers 5 drops
-        # sliding_window then; keeping neither makes a 4.x hub file, a 5.x file and our own export equal configs.
-        sliding_window=None,
-        max_window_layers=None,
     )
     for name, value in fields.items():
         if name in ("rope_theta", "rms_norm_eps", "tie_word_embeddings", "checkpoint_dtype"):
@@ -170,8 +164,9 @@ def _to_hf_config(cfg: Qwen2Config) -> dict[str, Any]:
         "bos_token_id": cfg.bos_token_id,
         "eos_token_id": cfg.eos_token_id,
         "pad_token_id": cfg.pad_token_id,
-        "sliding_window": cfg.sliding_window,
-        "max_window_layers": cfg.max_window_layers if cfg.max_window_layers is not None else cfg.num_hidden_layers,
+        # sliding_window / max_window_layers only matter with use_sliding_window, which is refused on import.
+        "sliding_window": None,
+        "max_window_layers": cfg.num_hidden_layers,
     }
     if cfg.head_dim is not None:
         hf["head_dim"] = cfg.head_dim
