@@ -17,6 +17,7 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
     os.environ[_var] = "1"
 
+import fcntl  # noqa: E402
 import gc  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
@@ -41,6 +42,7 @@ CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL"
 FD_RESULT, FD_TOKEN = 3, 4
 EXIT_SETUP_FAILED = 121  # the child failed before user code ran: our fault
 READ_CHUNK = 1 << 16
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------- framing
@@ -96,7 +98,7 @@ class Worker:
         else:
             _jail.become_subreaper()
         self.protections["pid_namespace"] = self.init_pid is not None
-        self.code = None
+        self.source = self.code = self.loaded = None
         self.runs = 0
 
     def _start_pid_namespace(self) -> None:
@@ -120,14 +122,21 @@ class Worker:
     # -------------------------------------------------------- ops
 
     def load(self, source: str) -> dict:
-        self.code = None
+        """Compile the program once per distinct source; {"ok": False, "detail"} is a CE."""
+        if source == self.source:
+            return self.loaded
+        self.source, self.code = source, None
         try:
             self.code = compile(source, "solution.py", "exec", dont_inherit=True)
+            self.loaded = {"ok": True}
         except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError) as e:
-            return {"ok": False, "detail": f"{type(e).__name__}: {e}"[:500]}
-        return {"ok": True}
+            self.loaded = {"ok": False, "detail": f"{type(e).__name__}: {e}"[:500]}
+        return self.loaded
 
     def run(self, spec: dict) -> dict:
+        loaded = self.load(spec["source"])
+        if not loaded["ok"]:
+            return {"ce": loaded["detail"]}
         self.runs += 1
         tmp = os.path.join(self.base, f"run{self.runs}")
         os.mkdir(tmp, 0o700)
@@ -148,17 +157,17 @@ class Worker:
         stdin_fd = _stdin_fd(spec.get("input"))
         pipes = {name: os.pipe() for name in ("out", "err", "res", "tok")}
         token = secrets.token_bytes(16)
+        _write_all(pipes["tok"][1], token)  # before the fork: the child may be gone before we could write
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:
             self._child(tmp, spec, limits, stdin_fd, pipes)
         os.close(stdin_fd)
         for name, (r, w) in pipes.items():
-            os.close(w if name != "tok" else r)
-        _write_all(pipes["tok"][1], token)
-        os.close(pipes["tok"][1])
+            os.close(w)
+        os.close(pipes["tok"][0])
         raw = _collect(pid, {n: pipes[n][0] for n in ("out", "err", "res")}, limits, start)
-        raw["token_ok"] = raw["res"] == b"T" + token
+        raw["token_ok"] = [f["data"] for f in raw["frames"]] == [b"T" + token]
         self._sweep(pid)
         raw["oom"] = bool(self.cgroup) and self.cgroup.oom_kills() > oom_before
         return raw
@@ -188,8 +197,9 @@ class Worker:
         if self.cgroup:
             self.cgroup.join()
         os.chdir(tmp)
-        for target, fd in ((0, stdin_fd), (1, pipes["out"][1]), (2, pipes["err"][1]),
-                           (FD_RESULT, pipes["res"][1]), (FD_TOKEN, pipes["tok"][0])):
+        sources = (stdin_fd, pipes["out"][1], pipes["err"][1], pipes["res"][1], pipes["tok"][0])
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in sources]  # out of the way of the targets below
+        for target, fd in zip((0, 1, 2, FD_RESULT, FD_TOKEN), high):
             os.dup2(fd, target)
         os.closerange(FD_TOKEN + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         os.environ.clear()
@@ -234,9 +244,12 @@ def _fresh_stdio() -> None:
 
 
 def _collect(pid: int, fds: dict[str, int], limits: dict, start: float) -> dict:
-    """Drain stdout, stderr and the result pipe concurrently until the child exits or a limit is hit."""
+    """Drain stdout, stderr and the result pipe concurrently until the child exits or a limit is hit. Each result
+    frame (one per step) is stamped with the child's CPU time, wall time and peak memory so far, as the kernel
+    counts them; the CPU and wall limits restart at each frame, so they hold per step."""
     caps = {"out": limits["output_bytes"], "err": limits["output_bytes"], "res": limits["output_bytes"]}
     bufs = {name: bytearray() for name in fds}
+    frames: list[dict] = []
     pidfd = os.pidfd_open(pid)
     sel = selectors.DefaultSelector()
     for name, fd in fds.items():
@@ -256,6 +269,9 @@ def _collect(pid: int, fds: dict[str, int], limits: dict, start: float) -> dict:
         for key, _ in events:
             if not _drain(key.fd, bufs[key.data], caps[key.data], sel):
                 killed = "output"
+        if killed is None and _new_frames(bufs["res"], frames, pid, start):
+            deadline = time.monotonic() + limits["wall_s"]
+            _extend_cpu_limit(pid, frames[-1]["cpu_s"], limits["time_s"])
     _kill(pid)  # the child, or what is left of its process group; before wait4, while the pid is still ours
     _, status, usage = os.wait4(pid, 0)
     wall = time.monotonic() - start
@@ -265,7 +281,46 @@ def _collect(pid: int, fds: dict[str, int], limits: dict, start: float) -> dict:
         os.close(fd)
     sel.close()
     os.close(pidfd)
-    return _raw_result(status, usage, wall, killed, bufs)
+    if killed is None:  # a frame completed by the chunk that broke the output cap does not count
+        _new_frames(bufs["res"], frames, None, start, usage)
+    return _raw_result(status, usage, wall, killed, bufs, frames)
+
+
+def _new_frames(buf: bytearray, frames: list[dict], pid: int | None, start: float, usage=None) -> bool:
+    """Cut complete frames (8-byte length + payload) off the result buffer; stamp each with the counters."""
+    found = False
+    while len(buf) >= 8:
+        (n,) = struct.unpack("<Q", buf[:8])
+        if len(buf) < 8 + n:
+            break
+        cpu, peak = _usage(pid, usage)
+        frames.append({"data": bytes(buf[8:8 + n]), "cpu_s": cpu, "wall_s": time.monotonic() - start,
+                       "peak_mb": peak})
+        del buf[:8 + n]
+        found = True
+    return found
+
+
+def _usage(pid: int | None, usage) -> tuple[float, float]:
+    """Cumulative CPU seconds and peak RSS (MB) of a live child from /proc, or of a reaped one from rusage."""
+    if pid is None:
+        return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open(f"/proc/{pid}/status", "rb") as f:
+            hwm = next((line.split()[1] for line in f if line.startswith(b"VmHWM")), b"0")
+        return sum(int(x) for x in fields[11:15]) / _CLK_TCK, int(hwm) / 1024
+    except (OSError, IndexError, ValueError):
+        return 0.0, 0.0
+
+
+def _extend_cpu_limit(pid: int, used_s: float, limit_s: float) -> None:
+    soft = int(used_s + limit_s + 0.999)
+    try:
+        resource.prlimit(pid, resource.RLIMIT_CPU, (soft, soft + 1))
+    except OSError:  # the child may be gone already; the exit path handles it
+        pass
 
 
 def _drain(fd: int, buf: bytearray, cap: int, sel, final: bool = False) -> bool:
@@ -294,7 +349,7 @@ def _kill(pid: int) -> None:
             pass
 
 
-def _raw_result(status: int, usage, wall: float, killed: str | None, bufs: dict) -> dict:
+def _raw_result(status: int, usage, wall: float, killed: str | None, bufs: dict, frames: list[dict]) -> dict:
     return {
         "exit_code": os.waitstatus_to_exitcode(status),  # negative: killed by that signal
         "cpu_s": usage.ru_utime + usage.ru_stime,
@@ -303,7 +358,8 @@ def _raw_result(status: int, usage, wall: float, killed: str | None, bufs: dict)
         "killed": killed,
         "out": bytes(bufs["out"]),
         "err": bytes(bufs["err"][-2000:]),
-        "res": bytes(bufs["res"]),
+        "frames": frames,
+        "partial_frame": bool(bufs["res"]),
     }
 
 
@@ -359,7 +415,7 @@ def _reaper(cmd_r: int, ack_w: int) -> None:
 
 
 def _run_user_code(code, spec: dict) -> None:
-    """Run the program on one test; write one message on FD_RESULT; exit. Never returns."""
+    """Run the program on one test (stdio, assert) or on a list of calls; one frame on FD_RESULT per step."""
     kind = spec["kind"]
     name = "__main__" if kind == "stdio" else "solution"
     module = types.ModuleType(name)
@@ -370,8 +426,9 @@ def _run_user_code(code, spec: dict) -> None:
         if kind == "stdio":
             _exit(_run_stdio(code, g))
         exec(code, g)
-        if kind == "call":
-            _report_call(g, spec)
+        if kind == "calls":
+            for call in spec["calls"]:
+                _report_call(g, call)
         else:
             _report_assert(g, spec["code"])
     except BaseException as e:  # noqa: BLE001 - the program's failure, reported as such
@@ -410,11 +467,11 @@ def _system_exit_code(e: SystemExit) -> int:
     return 1
 
 
-def _report_call(g: dict, spec: dict) -> None:
-    fn = g.get(spec["fn_name"])
+def _report_call(g: dict, call: dict) -> None:
+    fn = g.get(call["fn_name"])
     if fn is None:
-        raise NameError(f"name {spec['fn_name']!r} is not defined")
-    args, kwargs = _codec.decode(spec["args"])
+        raise NameError(f"name {call['fn_name']!r} is not defined")
+    args, kwargs = _codec.decode(call["args"])
     value = fn(*args, **kwargs)
     try:
         data = _codec.encode(value)
@@ -458,7 +515,8 @@ def _report_exception(e: BaseException) -> None:
 
 def _result(data: bytes) -> None:
     try:
-        _write_all(FD_RESULT, data)
+        _write_all(FD_RESULT, struct.pack("<Q", len(data)))
+        _write_all(FD_RESULT, data)  # not concatenated: a large result would be copied once more
     except OSError:
         pass
 
@@ -493,7 +551,7 @@ def main() -> None:
             if msg["op"] == "quit":
                 break
             try:
-                reply = worker.load(msg["source"]) if msg["op"] == "load" else worker.run(msg)
+                reply = worker.run(msg)
             except Exception:  # noqa: BLE001 - our bug: tell the parent, which reports SANDBOX_ERROR
                 reply = {"error": traceback.format_exc(limit=-3)}
             send(wfd, reply)

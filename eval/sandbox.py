@@ -167,127 +167,121 @@ def _plan(test: Test, problem: Problem) -> list[Check] | Test:
 
 
 class _Judge:
-    """Judges one program on one problem with one worker, stopping at the first failing test."""
+    """Judges one program on one problem with one worker. All call-shaped tests (parsed asserts and "call" tests)
+    share one child process, one call per step, as upstream harnesses run all asserts in one process; stdio
+    tests and in-child asserts get a child each. Outcomes stop at the first failing test."""
 
     def __init__(self, worker: "_WorkerProcess", problem: Problem, plans: list):
         self.worker, self.problem, self.plans = worker, problem, plans
         t = problem.time_limit_s
         self.limits = {"time_s": t, "wall_s": 3 * t + 1, "memory_mb": problem.memory_limit_mb}
+        self.tol = problem.float_tolerance
         self.runs = 0
 
     def run(self, program: str) -> Judgement:
-        source = f"{self.problem.setup_code}\n{program}" if self.problem.setup_code else program
-        loaded = self.worker.call({"op": "load", "source": source})
-        if not loaded["ok"]:
-            return Judgement(Verdict.CE, (TestOutcome(Verdict.CE, 0.0, 0.0, detail=loaded["detail"]),))
+        self.source = f"{self.problem.setup_code}\n{program}" if self.problem.setup_code else program
+        calls = [call for plan in self.plans for call in _calls_of(plan)]
+        raw = self._run({"kind": "calls", "calls": calls}) if calls else None
+        if raw is not None and "ce" in raw:
+            return Judgement(Verdict.CE, (TestOutcome(Verdict.CE, 0.0, 0.0, detail=raw["ce"]),))
+        steps = iter(range(len(calls)))
         outcomes = []
         for plan in self.plans:
-            outcomes.append(self._test(plan))
-            if outcomes[-1].verdict is not Verdict.PASS:
-                return Judgement(outcomes[-1].verdict, tuple(outcomes))
+            outcome = self._test(plan, raw, steps)
+            if outcome is None:
+                return Judgement(Verdict.CE, (TestOutcome(Verdict.CE, 0.0, 0.0, detail=self.ce),))
+            outcomes.append(outcome)
+            if outcome.verdict is not Verdict.PASS:
+                return Judgement(outcome.verdict, tuple(outcomes))
         return Judgement(Verdict.PASS, tuple(outcomes))
 
-    def _test(self, plan: list[Check] | Test) -> TestOutcome:
+    def _test(self, plan: list[Check] | Test, raw: dict | None, steps) -> TestOutcome | None:
         if isinstance(plan, list):
-            outcomes = []
-            for check in plan:
-                outcomes.append(self._check(check))
-                if outcomes[-1].verdict is not Verdict.PASS:
-                    break
-            return _merge(outcomes)
-        if plan.type == "stdio":
-            raw = self._run({"kind": "stdio", "input": plan.input})
-            return _outcome(raw, self.limits, lambda: _stdio_verdict(raw, plan.output, self.problem.float_tolerance))
+            return self._checks(plan, raw, steps)
         if plan.type == "call":
-            args = _codec.encode((tuple(plan.args), {}))
-            raw = self._run({"kind": "call", "fn_name": plan.fn_name, "args": args})
-            judge = lambda: _call_verdict(raw, lambda v: values_equal(  # noqa: E731
-                to_json_value(v), plan.expected, self.problem.float_tolerance, json_mode=True))
-            return _outcome(raw, self.limits, judge)
-        raw = self._run({"kind": "assert", "code": plan.code})
-        return _outcome(raw, self.limits, lambda: _assert_verdict(raw))
+            expected = plan.expected
+            accept = lambda v: values_equal(to_json_value(v), expected, self.tol, json_mode=True)  # noqa: E731
+            return _step_outcome(raw, next(steps), self.limits, accept)
+        spec = {"kind": "stdio", "input": plan.input} if plan.type == "stdio" else {"kind": "assert", "code": plan.code}
+        one = self._run(spec)
+        if "ce" in one:
+            self.ce = one["ce"]
+            return None
+        if plan.type == "stdio":
+            return _step_outcome(one, 0, self.limits, stdio=(plan.output, self.tol))
+        return _step_outcome(one, 0, self.limits, token=True)
 
-    def _check(self, check: Check) -> TestOutcome:
-        outcomes, actuals = [], []
-        for probe in check.probes:
-            args = _codec.encode((probe.args, dict(probe.kwargs)))
-            raw = self._run({"kind": "call", "fn_name": probe.fn_name, "args": args})
-            outcomes.append(_outcome(raw, self.limits, lambda: _call_verdict(raw, actuals.append)))
-            if outcomes[-1].verdict is not Verdict.PASS:
-                return _merge(outcomes)
-        try:
-            ok = check.holds(actuals, self.problem.float_tolerance)
-        except Exception:  # noqa: BLE001 - e.g. len() of an int: the assert fails, as it would in Python
-            ok = False
-        verdict = Verdict.PASS if ok else Verdict.WA
-        return _merge(outcomes, verdict, "" if ok else f"assert {check.text}"[:300])
+    def _checks(self, checks: list[Check], raw: dict, steps) -> TestOutcome:
+        outcomes = []
+        for check in checks:
+            actuals: list = []
+            for _ in check.probes:
+                outcomes.append(_step_outcome(raw, next(steps), self.limits, actuals.append))
+                if outcomes[-1].verdict is not Verdict.PASS:
+                    return _merge(outcomes)
+            try:
+                ok = check.holds(actuals, self.tol)
+            except Exception:  # noqa: BLE001 - e.g. len() of an int: the assert fails, as it would in Python
+                ok = False
+            if not ok:
+                return _merge(outcomes, Verdict.WA, f"assert {check.text}"[:300])
+        return _merge(outcomes)
 
     def _run(self, spec: dict) -> dict:
         self.runs += 1
-        return self.worker.call({"op": "run", "limits": self.limits, **spec})
+        return self.worker.call({"op": "run", "source": self.source, "limits": self.limits, **spec})
+
+
+def _calls_of(plan: list[Check] | Test) -> list[dict]:
+    if isinstance(plan, list):
+        return [{"fn_name": p.fn_name, "args": _codec.encode((p.args, dict(p.kwargs)))}
+                for check in plan for p in check.probes]
+    if plan.type == "call":
+        return [{"fn_name": plan.fn_name, "args": _codec.encode((tuple(plan.args), {}))}]
+    return []
 
 
 def _merge(outcomes, verdict: Verdict | None = None, detail: str = "") -> TestOutcome:
-    """Several child runs of one test as one outcome: the first failure, summed time, max memory."""
-    outcomes = list(outcomes)
+    """Several steps of one test as one outcome: the first failure (or `verdict`), summed time, max memory."""
     failed = next((o for o in outcomes if o.verdict is not Verdict.PASS), None)
-    if failed is None and verdict is not None:
-        failed = TestOutcome(verdict, 0.0, 0.0, detail=detail)
-    return TestOutcome(failed.verdict if failed else Verdict.PASS, sum(o.time_s for o in outcomes),
-                       max((o.peak_mem_mb for o in outcomes), default=0.0), sum(o.wall_s for o in outcomes),
-                       failed.detail if failed else "")
+    final = failed.verdict if failed else (verdict or Verdict.PASS)
+    return TestOutcome(final, round(sum(o.time_s for o in outcomes), 4),
+                       max((o.peak_mem_mb for o in outcomes), default=0.0), round(sum(o.wall_s for o in outcomes), 4),
+                       failed.detail if failed else detail)
 
 
 # ---------------------------------------------------------------- verdicts from raw results
 
 
-def _outcome(raw: dict, limits: dict, judge: Callable[[], tuple[Verdict, str]]) -> TestOutcome:
-    """The verdict of one child run: limits and crashes first, then (only for a clean exit) the comparison."""
-    verdict, detail = _limit_verdict(raw, limits)
-    if verdict is None:
-        verdict, detail = judge()
-    return TestOutcome(verdict, round(raw["cpu_s"], 4), round(raw["peak_mb"], 2), round(raw["wall_s"], 4), detail)
+def _step_outcome(raw: dict, i: int, limits: dict, accept: Callable[[Any], Any] | None = None,
+                  stdio: tuple[str, float] | None = None, token: bool = False) -> TestOutcome:
+    """The verdict of step `i` of a child run: its own frame if it finished, else how the process ended."""
+    frames = raw["frames"]
+    prev = frames[i - 1] if 0 < i <= len(frames) else {"cpu_s": 0.0, "wall_s": 0.0}
+    if i < len(frames) and not (stdio or token):
+        f = frames[i]
+        cpu, wall, peak = f["cpu_s"] - prev["cpu_s"], f["wall_s"] - prev["wall_s"], f["peak_mb"]
+        verdict, detail = _frame_verdict(f["data"], cpu, limits, accept)
+    else:
+        cpu, wall, peak = raw["cpu_s"] - prev["cpu_s"], raw["wall_s"] - prev["wall_s"], raw["peak_mb"]
+        verdict, detail = _limit_verdict(raw, cpu, frames[i]["data"] if i < len(frames) else b"", limits)
+        if verdict is None:
+            verdict, detail = _clean_exit_verdict(raw, frames, stdio, token)
+    return TestOutcome(verdict, round(max(cpu, 0.0), 4), round(peak, 2), round(max(wall, 0.0), 4), detail)
 
 
-def _limit_verdict(raw: dict, limits: dict) -> tuple[Verdict | None, str]:
-    code, error = raw["exit_code"], _error(raw)
-    if code == EXIT_SETUP_FAILED and not raw["res"]:
-        return Verdict.SANDBOX_ERROR, "the sandbox failed to set up the run: " + raw["err"][-300:].decode(errors="replace")
-    if raw["killed"] == "output":
-        return Verdict.OLE, "output limit exceeded"
-    if raw["killed"] == "wall":
-        return Verdict.TLE, f"wall-clock limit {limits['wall_s']:.1f}s"
-    if raw["cpu_s"] > limits["time_s"] or code == -signal.SIGXCPU:
-        return Verdict.TLE, f"CPU time {raw['cpu_s']:.2f}s > {limits['time_s']}s"
-    if raw["oom"] or (error and error["type"] == "MemoryError"):
-        return Verdict.MLE, f"memory limit {limits['memory_mb']} MB"
-    if code < 0:
-        return Verdict.RE, f"killed by {signal.Signals(-code).name}"
+def _frame_verdict(data: bytes, cpu: float, limits: dict, accept) -> tuple[Verdict, str]:
+    if cpu > limits["time_s"]:
+        return Verdict.TLE, f"CPU time {cpu:.2f}s > {limits['time_s']}s"
+    error = _error(data)
     if error:
-        return (Verdict.WA if error["type"] == "AssertionError" else Verdict.RE), error["msg"]
-    if code != 0:
-        return Verdict.RE, f"exit code {code}: " + raw["err"][-200:].decode(errors="replace")
-    return None, ""
-
-
-def _error(raw: dict) -> dict | None:
-    if not raw["res"].startswith(b"E"):
-        return None
+        return _error_verdict(error)
+    if data.startswith(b"X"):
+        return Verdict.WA, "return value cannot be compared: " + data[1:200].decode(errors="replace")
+    if not data.startswith(b"V"):
+        return Verdict.WA, "malformed result"
     try:
-        error = json.loads(raw["res"][1:])
-        return {"type": str(error["type"]), "msg": str(error["msg"])[:300]}
-    except (ValueError, KeyError, TypeError):
-        return {"type": "Exception", "msg": "malformed error report"}
-
-
-def _call_verdict(raw: dict, accept: Callable[[Any], Any]) -> tuple[Verdict, str]:
-    res = raw["res"]
-    if res.startswith(b"X"):
-        return Verdict.WA, "return value cannot be compared: " + res[1:200].decode(errors="replace")
-    if not res.startswith(b"V"):
-        return Verdict.RE, "the program exited without returning"
-    try:
-        value = _codec.decode(res[1:])
+        value = _codec.decode(data[1:])
     except _codec.WireError as e:
         return Verdict.WA, str(e)
     if accept(value) is False:
@@ -295,17 +289,51 @@ def _call_verdict(raw: dict, accept: Callable[[Any], Any]) -> tuple[Verdict, str
     return Verdict.PASS, ""
 
 
-def _stdio_verdict(raw: dict, expected: str, tol: float) -> tuple[Verdict, str]:
-    actual = raw["out"].decode(errors="replace")
-    if outputs_match(actual, expected, tol):
-        return Verdict.PASS, ""
-    return Verdict.WA, f"got {_short(actual)}"
+def _limit_verdict(raw: dict, cpu: float, data: bytes, limits: dict) -> tuple[Verdict | None, str]:
+    """Limits and crashes of the process, in order of precedence; None when it exited cleanly."""
+    code, error = raw["exit_code"], _error(data)
+    if code == EXIT_SETUP_FAILED and not raw["frames"]:
+        return Verdict.SANDBOX_ERROR, "sandbox set-up failed: " + raw["err"][-300:].decode(errors="replace")
+    if raw["killed"] == "output":
+        return Verdict.OLE, "output limit exceeded"
+    if raw["killed"] == "wall":
+        return Verdict.TLE, f"wall-clock limit {limits['wall_s']:.1f}s"
+    if cpu > limits["time_s"] or code == -signal.SIGXCPU:
+        return Verdict.TLE, f"CPU time {cpu:.2f}s > {limits['time_s']}s"
+    if raw["oom"] or (error and error["type"] == "MemoryError"):
+        return Verdict.MLE, f"memory limit {limits['memory_mb']} MB"
+    if code < 0:
+        return Verdict.RE, f"killed by {signal.Signals(-code).name}"
+    if error:
+        return _error_verdict(error)
+    if code != 0:
+        return Verdict.RE, f"exit code {code}: " + raw["err"][-200:].decode(errors="replace")
+    return None, ""
 
 
-def _assert_verdict(raw: dict) -> tuple[Verdict, str]:
-    if raw["token_ok"]:
-        return Verdict.PASS, _IN_CHILD
-    return Verdict.WA, _IN_CHILD + ": no valid completion token"
+def _clean_exit_verdict(raw: dict, frames: list, stdio, token: bool) -> tuple[Verdict, str]:
+    if stdio:
+        actual = raw["out"].decode(errors="replace")
+        ok = outputs_match(actual, *stdio)
+        return (Verdict.PASS, "") if ok else (Verdict.WA, f"got {_short(actual)}")
+    if token:
+        return (Verdict.PASS, _IN_CHILD) if raw["token_ok"] else (Verdict.WA, _IN_CHILD + ": no completion token")
+    return Verdict.RE, "the program exited without returning"
+
+
+def _error(data: bytes) -> dict | None:
+    if not data.startswith(b"E"):
+        return None
+    try:
+        error = json.loads(data[1:])
+        return {"type": str(error["type"]), "msg": str(error["msg"])[:300]}
+    except (ValueError, KeyError, TypeError):
+        return {"type": "Exception", "msg": "malformed error report"}
+
+
+def _error_verdict(error: dict) -> tuple[Verdict, str]:
+    kinds = {"MemoryError": Verdict.MLE, "AssertionError": Verdict.WA}
+    return kinds.get(error["type"], Verdict.RE), error["msg"]
 
 
 def _short(value: Any) -> str:

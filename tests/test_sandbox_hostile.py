@@ -159,7 +159,7 @@ def test_memory_hog(sandbox, host):
 def test_output_flood(sandbox, host):
     assert judge(sandbox, stdio(), "while True:\n    print('x' * 10000)") is Verdict.OLE
     assert judge(sandbox, stdio(), "import os\nwhile True:\n    os.write(2, b'e' * 65536)") is Verdict.OLE
-    assert judge(sandbox, one_call(1), "def f(x):\n    return 'y' * (1 << 26)") is Verdict.OLE
+    assert judge(sandbox, one_call(1), "def f(x):\n    return 'y' * ((1 << 25) + 1000)") is Verdict.OLE
 
 
 def test_signal_ignoring_loops(sandbox, host):

