@@ -26,7 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from algoforge_jax import sharding
-from algoforge_jax.models.qwen2 import KVCache, Qwen2ForCausalLM
+from algoforge_jax.models.qwen2 import KVCache, LayerCache, Qwen2ForCausalLM
 
 FINISH_REASONS = ("running", "eos", "length")  # index = code in SampleState.finish_B
 
@@ -61,7 +61,7 @@ class Sample:
     def log_probs(self, logits_BV: jax.Array) -> jax.Array:
         """Log-probabilities of the distribution tokens are drawn from (-inf outside the kept set)."""
         logits_BV = logits_BV.astype(jnp.float32) / self.temperature
-        if self.top_k:
+        if self.top_k and self.top_k < logits_BV.shape[-1]:
             kth_B1 = jax.lax.top_k(logits_BV, self.top_k)[0][:, -1:]
             logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
         if self.top_p < 1.0:
@@ -76,7 +76,11 @@ class Sample:
     def get_next_tokens(self, logits_BV: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
         logp_BV = self.log_probs(logits_BV)
         tokens_B = jax.random.categorical(rng, logp_BV, axis=-1).astype(jnp.int32)
-        return tokens_B, jnp.take_along_axis(logp_BV, tokens_B[:, None], axis=-1)[:, 0]
+        return tokens_B, _pick(logp_BV, tokens_B)
+
+
+def _pick(x_BV: jax.Array, tokens_B: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(x_BV, tokens_B[:, None], axis=-1)[:, 0]
 
 
 def sampling_method(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> Greedy | Sample:
@@ -133,7 +137,8 @@ class Rollout:
 def _record(state: SampleState, logits_BV, method, cfg: SamplerConfig, rng) -> SampleState:
     """Samples one token per row from `logits_BV` and appends it to the state."""
     tokens_B, logp_B = method.get_next_tokens(logits_BV, rng)
-    model_logp_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BV, axis=-1), tokens_B[:, None], axis=-1)[:, 0]
+    # log_softmax at one token only: no [B, V] log-prob array is written for it.
+    model_logp_B = _pick(logits_BV, tokens_B) - jax.nn.logsumexp(logits_BV, axis=-1)
     live_B = ~state.done_B
     tokens_B = jnp.where(live_B, tokens_B, cfg.pad_token_id)
     stop_B = jnp.isin(tokens_B, jnp.asarray(cfg.stop_token_ids, jnp.int32)) & live_B
@@ -153,8 +158,30 @@ def _record(state: SampleState, logits_BV, method, cfg: SamplerConfig, rng) -> S
 
 # ---------------------------------------------------------------------------------------------- programs
 
+_KV_AXES = ("batch", "cache_len", "kv_heads", "head_dim")
 
-def _prefill(graphdef, params, prompts_BT, valid_BT, live_B, rng, *, method, cfg: SamplerConfig):
+
+def _constrain(state: SampleState, mesh: Mesh, rules: sharding.Rules) -> SampleState:
+    """Rows over the batch mesh axes and cache heads over `tensor`: the layout the decode loop carries, stated
+    rather than left to propagation (the cache starts as zeros, which carry no sharding of their own)."""
+
+    def put(x, axes):
+        return jax.lax.with_sharding_constraint(x, sharding.named_sharding(axes, rules, mesh, x.shape))
+
+    rows = lambda x: put(x, ("batch",) + (None,) * (x.ndim - 1))  # noqa: E731
+    cache = state.cache
+    cache = dataclasses.replace(
+        cache,
+        layers=[LayerCache(put(c.k_BSKH, _KV_AXES), put(c.v_BSKH, _KV_AXES)) for c in cache.layers],
+        valid_BS=rows(cache.valid_BS),
+        next_pos_B=rows(cache.next_pos_B),
+    )
+    return dataclasses.replace(
+        state, cache=cache, **{f: rows(getattr(state, f)) for f in
+                               ("tokens_BN", "logprobs_BN", "model_logprobs_BN", "last_B", "done_B", "finish_B")})
+
+
+def _prefill(graphdef, params, prompts_BT, valid_BT, live_B, rng, *, method, cfg: SamplerConfig, layout):
     model = nnx.merge(graphdef, params)
     B, T = prompts_BT.shape
     cache = KVCache.init(model.config, B, T + cfg.max_new_tokens)
@@ -173,10 +200,10 @@ def _prefill(graphdef, params, prompts_BT, valid_BT, live_B, rng, *, method, cfg
         rng=rng,
     )
     rng, step_rng = jax.random.split(rng)
-    return _record(dataclasses.replace(state, rng=rng), logits_BV, method, cfg, step_rng)
+    return layout(_record(dataclasses.replace(state, rng=rng), logits_BV, method, cfg, step_rng))
 
 
-def _decode(graphdef, params, state: SampleState, *, method, cfg: SamplerConfig) -> SampleState:
+def _decode(graphdef, params, state: SampleState, *, method, cfg: SamplerConfig, layout) -> SampleState:
     model = nnx.merge(graphdef, params)
 
     def cond(s: SampleState):
@@ -186,7 +213,7 @@ def _decode(graphdef, params, state: SampleState, *, method, cfg: SamplerConfig)
         hidden_B1D, cache = model.hidden_states(s.last_B[:, None], None, s.cache)
         rng, step_rng = jax.random.split(s.rng)
         s = dataclasses.replace(s, cache=cache, rng=rng)
-        return _record(s, model.logits(hidden_B1D)[:, 0], method, cfg, step_rng)
+        return layout(_record(s, model.logits(hidden_B1D)[:, 0], method, cfg, step_rng))
 
     return jax.lax.while_loop(cond, body, state)
 
@@ -214,7 +241,8 @@ class Sampler:
         def counted(fn):
             def traced(*args, **kwargs):
                 self.traces += 1
-                return fn(self.graphdef, *args, method=method, cfg=self.cfg, **kwargs)
+                layout = functools.partial(_constrain, mesh=self.mesh, rules=self.rules)
+                return fn(self.graphdef, *args, method=method, cfg=self.cfg, layout=layout, **kwargs)
 
             return traced
 
@@ -225,20 +253,35 @@ class Sampler:
     def generate(self, params: nnx.State, prompts: Sequence[Sequence[int]], method=Greedy(),
                  num_samples: int = 1, seed: int = 0) -> Rollout:
         """Samples `num_samples` continuations of every prompt (token id lists)."""
+        start = time.perf_counter()
+        state, num_rows = self.run(params, prompts, method, num_samples, seed)
+        out = jax.device_get((state.tokens_BN, state.logprobs_BN, state.model_logprobs_BN, state.finish_B,
+                              state.step))
+        end = time.perf_counter()
+        # decode_steps: model calls made by the decode loop (the prefill chose the first token).
+        self.last_stats.update(seconds=end - start, decode_seconds=end - start - self.last_stats["prefill_seconds"],
+                               decode_steps=float(out[-1]) - 1)
+        return self._rollout(*out[:-1], num_rows=num_rows, num_samples=num_samples)
+
+    def run(self, params: nnx.State, prompts: Sequence[Sequence[int]], method=Greedy(), num_samples: int = 1,
+            seed: int = 0) -> tuple[SampleState, int]:
+        """`generate` without leaving the devices: (the final, sharded SampleState, number of real rows).
+
+        The state's batch is padded to its bucket; rows past the real ones are filler and finished from the start.
+        """
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         rows = [list(p) for p in prompts for _ in range(num_samples)]
         prompts_BT, valid_BT, live_B = self._pad(rows)
-        batch = sharding.batch_sharding(self.mesh, self.rules)
-        put = lambda x: jax.device_put(x, batch if x.ndim == 2 else sharding.batch_sharding(self.mesh, self.rules, 1))  # noqa: E731
+        put = lambda x: jax.device_put(x, sharding.batch_sharding(self.mesh, self.rules, x.ndim))  # noqa: E731
         prefill, decode = self._programs(method)
         start = time.perf_counter()
         with jax.set_mesh(self.mesh):
             state = prefill(params, put(prompts_BT), put(valid_BT), put(live_B), jax.random.key(seed))
-            state = decode(params, state)
-            out = jax.device_get((state.tokens_BN, state.logprobs_BN, state.model_logprobs_BN, state.finish_B))
-        self.last_stats = {"seconds": time.perf_counter() - start}
-        return self._rollout(*out, num_rows=len(rows), num_samples=num_samples)
+            # One sync, so prefill and decode times are reported apart (a decode step's cost is what scales).
+            state = jax.block_until_ready(state)
+            self.last_stats = {"prefill_seconds": time.perf_counter() - start}
+            return decode(params, state), len(rows)
 
     def _pad(self, rows: list[list[int]]):
         T = _bucket(max(map(len, rows)), self.cfg.min_prompt_bucket)
