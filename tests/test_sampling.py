@@ -1,0 +1,366 @@
+"""sampling.py against references: transformers' greedy generate, a full forward pass for the logprobs, exact
+distributions for the sampling methods, and compile counting for the shape buckets. Plus `algoforge generate`."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+
+from algoforge_jax import sharding
+from algoforge_jax.convert.hf import load_hf_model
+from algoforge_jax.sampling import Greedy, Sample, SamplerConfig, make_sampler, sampling_method
+from algoforge_jax.tokenizer import BUNDLED_QWEN25
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = [[5, 17, 300, 42, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [777], [64, 128, 256, 512, 999, 0, 3, 8, 1]]
+NEW = 10
+
+
+def _hf_model(path, seed: int, **overrides) -> transformers.Qwen2ForCausalLM:
+    """A random fp32 HF Qwen2 saved to `path`; init range 0.1 so logits are O(1) and tolerances mean something."""
+    kwargs = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False, initializer_range=0.1)
+    torch.manual_seed(seed)
+    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**{**kwargs, **overrides})).eval()
+    model.save_pretrained(path)
+    return model
+
+
+def _one_device():
+    return sharding.make_mesh(sharding.MeshConfig(), devices=jax.devices()[:1])
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """{tied: (hf model, directory, our model on one device)}."""
+    out = {}
+    for tied in (False, True):
+        path = tmp_path_factory.mktemp(f"hf_tied{tied}")
+        hf = _hf_model(path, seed=int(tied), tie_word_embeddings=tied)
+        out[tied] = (hf, path, load_hf_model(path, _one_device()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def samplers(models):
+    """{tied: (sampler with no stop tokens, params, model)}, shared so compiled programs are reused across tests
+    (they use batches of 4 and 8 rows with prompts of at most 16 tokens: one bucket pair per method)."""
+    out = {}
+    for tied, (_, _, model) in models.items():
+        sampler, params = make_sampler(model, _one_device(), SamplerConfig(max_new_tokens=NEW, stop_token_ids=()))
+        out[tied] = (sampler, params, model)
+    return out
+
+
+@pytest.fixture(scope="module")
+def untied(samplers):
+    return samplers[False]
+
+
+def hf_greedy(hf, prompt, new_tokens=NEW) -> list[int]:
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                          do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+# ------------------------------------------------------------------------------------------------- greedy
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_greedy_matches_transformers_with_mixed_prompt_lengths(models, samplers, tied):
+    hf = models[tied][0]
+    sampler, params, _ = samplers[tied]
+    rollout = sampler.generate(params, PROMPTS)  # one left-padded batch of lengths 5, 12, 1, 9
+    for r, prompt in enumerate(PROMPTS):
+        assert rollout.row_tokens(r) == hf_greedy(hf, prompt), f"row {r}"
+    assert rollout.finish_reason == ["length"] * len(PROMPTS)
+    assert rollout.lengths.tolist() == [NEW] * len(PROMPTS)
+    np.testing.assert_array_equal(rollout.logprobs, 0.0)  # greedy: each choice is certain
+
+
+# ------------------------------------------------------------------------------------------------ logprobs
+
+
+@jax.jit
+def _forward(graphdef, state, tokens_BT, valid_BT):
+    return nnx.merge(graphdef, state)(tokens_BT, valid_BT)[0]
+
+
+def _full_forward_logits(model, rows) -> list[np.ndarray]:
+    """For each (prompt, generated) row, the logits [len(generated), V] predicting each generated token, from
+    one uncached forward pass over prompt + generated (rows right-padded to one length: a single compile)."""
+    T = 32
+    tokens_BT, valid_BT = np.zeros((len(rows), T), np.int32), np.zeros((len(rows), T), bool)
+    for i, (prompt, generated) in enumerate(rows):
+        seq = list(prompt) + list(generated)
+        tokens_BT[i, : len(seq)], valid_BT[i, : len(seq)] = seq, True
+    logits = np.asarray(_forward(*nnx.split(model), tokens_BT, valid_BT))
+    return [logits[i, len(p) - 1 : len(p) + len(g) - 1] for i, (p, g) in enumerate(rows)]
+
+
+@pytest.mark.parametrize("method", [Greedy(), Sample(0.7, top_k=50, top_p=0.9), Sample(1.3)],
+                         ids=["greedy", "t0.7_k50_p0.9", "t1.3"])
+def test_logprobs_equal_a_full_forward_pass(untied, method):
+    sampler, params, model = untied
+    rollout = sampler.generate(params, PROMPTS, method, num_samples=2, seed=3)
+    rows = [(PROMPTS[rollout.prompt_index[r]], rollout.row_tokens(r)) for r in range(len(rollout.lengths))]
+    for r, ((prompt, generated), logits) in enumerate(zip(rows, _full_forward_logits(model, rows))):
+        steps = np.arange(len(generated))
+        model_ref = np.asarray(jax.nn.log_softmax(logits, -1))[steps, generated]
+        np.testing.assert_allclose(rollout.model_logprobs[r, : len(generated)], model_ref, atol=1e-4, rtol=0)
+        if isinstance(method, Sample):
+            sample_ref = np.asarray(method.log_probs(jnp.asarray(logits)))[steps, generated]
+            assert np.isfinite(sample_ref).all()  # every sampled token was inside the kept set
+            np.testing.assert_allclose(rollout.logprobs[r, : len(generated)], sample_ref, atol=1e-4, rtol=0)
+        else:
+            np.testing.assert_array_equal(logits.argmax(-1), generated)
+    if isinstance(method, Sample) and method.temperature != 1.0:
+        assert np.abs(rollout.logprobs - rollout.model_logprobs).max() > 1e-2  # two different distributions
+
+
+# ------------------------------------------------------------------------------------- sampling statistics
+
+LOGITS8 = np.array([2.0, 1.2, 0.9, 0.3, 0.0, -0.4, -1.1, -2.5], np.float32)
+DRAWS = 200_000
+
+
+def intended(logits, temperature=1.0, top_k=0, top_p=1.0) -> np.ndarray:
+    """The distribution each method should sample from, computed independently in float64 numpy."""
+    p = np.exp(logits.astype(np.float64) / temperature)
+    p /= p.sum()
+    order = np.argsort(-p)
+    keep = np.zeros(len(p), bool)
+    keep[order[: top_k or len(p)]] = True
+    if top_p < 1.0:
+        q = np.where(keep, p, 0.0) / p[keep].sum()
+        mass_before = np.cumsum(q[order]) - q[order]
+        keep[order[mass_before >= top_p]] = False
+    p = np.where(keep, p, 0.0)
+    return p / p.sum()
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=1.0), dict(temperature=0.5), dict(temperature=2.0),
+                                    dict(top_k=3), dict(top_p=0.8), dict(temperature=0.7, top_k=5, top_p=0.9)],
+                         ids=["t1", "t0.5", "t2", "k3", "p0.8", "t0.7_k5_p0.9"])
+def test_empirical_distribution_matches_the_intended_one(kwargs):
+    method = Sample(**kwargs)
+    want = intended(LOGITS8, **kwargs)
+    assert 0 < (want > 0).sum() <= 8
+
+    @jax.jit
+    def draw(keys):
+        return jax.vmap(lambda k: method.get_next_tokens(jnp.asarray(LOGITS8)[None], k))(keys)
+
+    tokens, logp = draw(jax.random.split(jax.random.key(1234), DRAWS))
+    tokens, logp = np.asarray(tokens[:, 0]), np.asarray(logp[:, 0])
+    freq = np.bincount(tokens, minlength=8) / DRAWS
+    assert freq[want == 0].sum() == 0, "a token outside top-k/top-p was sampled"
+    # 5 standard errors per category: a false alarm has probability ~1e-6 per category.
+    bound = 5 * np.sqrt(want * (1 - want) / DRAWS) + 1e-12
+    assert np.all(np.abs(freq - want) <= bound), (freq, want)
+    np.testing.assert_allclose(logp, np.log(want[tokens]), atol=1e-5)  # the reported logprob is that of `want`
+    np.testing.assert_allclose(np.exp(np.asarray(method.log_probs(jnp.asarray(LOGITS8)[None])))[0], want, atol=1e-6)
+
+
+def test_sampling_method_and_validation():
+    assert sampling_method(0.0, top_k=5) == Greedy()
+    assert sampling_method(0.8, 5, 0.9) == Sample(0.8, 5, 0.9)
+    for bad in (dict(temperature=0.0), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.5)):
+        with pytest.raises(ValueError):
+            Sample(**bad)
+    big_k = Sample(top_k=10_000).log_probs(jnp.asarray(LOGITS8)[None])  # k beyond the vocabulary keeps all
+    np.testing.assert_allclose(np.exp(np.asarray(big_k))[0], intended(LOGITS8), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------- stops and length limit
+
+
+def test_stop_tokens_end_rows_at_different_steps(untied):
+    free_sampler, params, model = untied
+    free = free_sampler.generate(params, PROMPTS)  # greedy without stops: what each row would generate
+    # Stop on row 0's 3rd token and row 1's 6th; every row then ends at its first occurrence of either.
+    stops = (free.tokens[0, 2], free.tokens[1, 5])
+    expected = []
+    for r in range(len(PROMPTS)):
+        hits = np.flatnonzero(np.isin(free.tokens[r], stops))
+        expected.append((hits[0] + 1, "eos") if len(hits) else (NEW, "length"))
+    assert {reason for _, reason in expected} == {"eos", "length"}, "test setup: need rows of both kinds"
+    assert len({n for n, reason in expected if reason == "eos"}) > 1, "test setup: need different stop steps"
+
+    sampler, _ = make_sampler(model, _one_device(), SamplerConfig(NEW, tuple(map(int, stops)), pad_token_id=0))
+    rollout = sampler.generate(params, PROMPTS)
+    assert [(int(n), f) for n, f in zip(rollout.lengths, rollout.finish_reason)] == expected
+    for r, (n, reason) in enumerate(expected):
+        assert rollout.row_tokens(r) == free.row_tokens(r)[:n]
+        if reason == "eos":
+            assert rollout.tokens[r, n - 1] in stops  # the stop token is part of the output
+        assert (rollout.tokens[r, n:] == 0).all() and (rollout.model_logprobs[r, n:] == 0).all()
+        assert (rollout.model_logprobs[r, :n] < 0).all()
+
+
+@pytest.mark.parametrize("budget", [1, 3])
+def test_max_new_tokens_limits_every_row(untied, budget):
+    _, params, model = untied
+    sampler, _ = make_sampler(model, _one_device(), SamplerConfig(max_new_tokens=budget, stop_token_ids=()))
+    rollout = sampler.generate(params, PROMPTS, Sample(1.0), seed=0)
+    assert rollout.tokens.shape == (len(PROMPTS), budget)
+    assert rollout.lengths.tolist() == [budget] * len(PROMPTS)
+    assert rollout.finish_reason == ["length"] * len(PROMPTS)
+    assert sampler.last_stats["decode_steps"] == budget - 1
+
+
+# ---------------------------------------------------------------------------------------- seeds and groups
+
+
+def test_same_seed_same_samples_other_seed_other_samples(untied):
+    sampler, params, _ = untied
+    a = sampler.generate(params, PROMPTS, Sample(1.0), num_samples=2, seed=7)
+    b = sampler.generate(params, PROMPTS, Sample(1.0), num_samples=2, seed=7)
+    c = sampler.generate(params, PROMPTS, Sample(1.0), num_samples=2, seed=8)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.logprobs, b.logprobs)
+    assert (a.tokens != c.tokens).mean() > 0.5
+
+
+def test_groups_are_independent_and_recovered_by_reshape(untied):
+    sampler, params, _ = untied
+    P, G = 2, 4
+    rollout = sampler.generate(params, PROMPTS[:P], Sample(1.0), num_samples=G, seed=0)
+    np.testing.assert_array_equal(rollout.prompt_index.reshape(P, G), np.repeat(np.arange(P)[:, None], G, 1))
+    np.testing.assert_array_equal(rollout.sample_index.reshape(P, G), np.tile(np.arange(G), (P, 1)))
+    groups = rollout.tokens.reshape(P, G, NEW)
+    for p in range(P):
+        assert len({tuple(s) for s in groups[p]}) == G, "samples of one prompt must differ at temperature 1"
+        assert len(set(groups[p][:, 0].tolist())) > 1, "even the first token (drawn in prefill) must vary"
+    grouped = sampler.generate(params, PROMPTS[:P], Greedy(), num_samples=G).tokens.reshape(P, G, NEW)
+    alone = sampler.generate(params, PROMPTS, Greedy()).tokens
+    for p in range(P):  # prompt-major rows: group p is prompt p's greedy continuation G times
+        assert (grouped[p] == alone[p]).all()
+    assert (grouped[0] != grouped[1]).any()
+
+
+# ------------------------------------------------------------------------------------- compilation buckets
+
+
+def test_no_recompile_within_a_bucket_and_none_for_new_weights(models):
+    model = models[False][2]
+    sampler, params = make_sampler(model, _one_device(), SamplerConfig(max_new_tokens=4, stop_token_ids=()))
+    sampler.generate(params, [[1, 2, 3], [4] * 9, [5] * 16])  # batch 3 -> 4, length 16 -> 16
+    assert sampler.traces == 2  # one prefill and one decode program
+    first = sampler.generate(params, [[1] * 2, [2] * 15, [3] * 7, [4] * 11])  # batch 4, lengths <= 16
+    sampler.generate(params, [[9]])  # batch 1 -> 1: a new batch bucket
+    assert sampler.traces == 4
+    sampler.generate(params, [[9, 8]])
+    assert sampler.traces == 4
+    sampler.generate(params, [[1] * 17, [2], [3], [4]])  # batch 4, length 17 -> 32: a new length bucket
+    assert sampler.traces == 6
+    sampler.generate(params, [[1] * 30, [2] * 20, [3]])
+    assert sampler.traces == 6
+
+    scaled = jax.tree.map(lambda x: x * 1.01, params)  # an RL step's new weights: same structure and shardings
+    second = sampler.generate(scaled, [[1] * 2, [2] * 15, [3] * 7, [4] * 11])
+    assert sampler.traces == 6
+    assert np.abs(second.model_logprobs - first.model_logprobs).max() > 1e-4  # the new weights were used
+
+
+# ------------------------------------------------------------------------------------------------ sharding
+
+
+def test_sharded_greedy_equals_one_device(models):
+    _, path, model1 = models[True]
+    mesh8 = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, tensor=2))
+    model8 = load_hf_model(path, mesh8)
+    cfg = SamplerConfig(max_new_tokens=NEW, stop_token_ids=())
+    s1, p1 = make_sampler(model1, _one_device(), cfg)
+    s8, p8 = make_sampler(model8, mesh8, cfg)
+    prompts = PROMPTS + PROMPTS[:2]  # 6 rows -> a batch of 8, two rows per (data, fsdp) shard
+    np.testing.assert_array_equal(s8.generate(p8, prompts).tokens, s1.generate(p1, prompts).tokens)
+
+    state, rows = s8.run(p8, prompts)
+    assert rows == 6 and state.tokens_BN.shape[0] == 8
+    k = state.cache.layers[0].k_BSKH
+    B, S, K, H = k.shape
+    assert k.sharding.shard_shape(k.shape) == (B // 4, S, K // 2, H)  # rows over data x fsdp, kv heads over tensor
+    assert state.tokens_BN.sharding.shard_shape(state.tokens_BN.shape) == (B // 4, NEW)
+
+
+# --------------------------------------------------------------------------------------- algoforge generate
+
+
+@pytest.fixture(scope="module")
+def cli_model(tmp_path_factory):
+    """A tiny HF model with the Qwen2.5 vocabulary (so text prompts work) and the bundled tokenizer beside it."""
+    path = tmp_path_factory.mktemp("cli_model")
+    hf = _hf_model(path, seed=5, vocab_size=151936, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                   num_key_value_heads=1, tie_word_embeddings=True)
+    for f in BUNDLED_QWEN25.iterdir():
+        if f.name != "SOURCE.md":
+            shutil.copyfile(f, path / f.name)
+    return hf, path
+
+
+def _cli(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", ""))
+    return subprocess.run([sys.executable, "-m", "algoforge_jax", "generate", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+FIELDS = {"prompt_index", "sample_index", "token_ids", "text", "logprobs", "finish_reason"}
+
+
+def test_cli_greedy_equals_transformers(cli_model):
+    hf, path = cli_model
+    prompt = [9707, 11, 1879, 0, 25, 330]
+    proc = _cli("--model", path, "--prompt-ids", ",".join(map(str, prompt)), "--temperature", "0",
+                "--max-new-tokens", 8)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stdout.splitlines()
+    row = json.loads(line)
+    assert set(row) == FIELDS
+    assert row["token_ids"] == hf_greedy(hf, prompt, 8)
+    assert row["finish_reason"] == "length" and len(row["logprobs"]) == 8 and isinstance(row["text"], str)
+    assert re.search(r"generated 8 tokens in [\d.]+ s \([\d.]+ tokens/s", proc.stderr)
+
+
+def test_cli_prompts_file_with_samples(cli_model, tmp_path):
+    _, path = cli_model
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "def add(a, b):"}, {"prompt_ids": [1, 2, 3]}, {"messages": [{"role": "user", "content": "hi"}]},
+    ]) + "\n")
+    proc = _cli("--model", path, "--prompts-file", prompts, "--num-samples", 3, "--temperature", 1.0,
+                "--max-new-tokens", 5, "--seed", 1)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(r["prompt_index"], r["sample_index"]) for r in rows] == [(p, g) for p in range(3) for g in range(3)]
+    for r in rows:
+        assert set(r) == FIELDS and r["finish_reason"] in ("eos", "length")
+        assert 1 <= len(r["token_ids"]) <= 5 and len(r["logprobs"]) == len(r["token_ids"])
+        assert all(lp <= 0 for lp in r["logprobs"])
+    assert len({tuple(r["token_ids"]) for r in rows}) > 3  # samples differ
+    assert "tokens/s" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt-ids", "1,x"], "--prompt-ids: expected comma-separated integers"),
+    (["--prompt-ids", "1", "--max-new-tokens", "0"], "--max-new-tokens and --num-samples must be at least 1"),
+    (["--prompt-ids", "1", "--temperature", "-1"], "temperature must be > 0"),
+], ids=["bad_ids", "zero_budget", "negative_temperature"])
+def test_cli_bad_input_exits_2_with_one_line(cli_model, args, message):
+    proc = _cli("--model", cli_model[1], *args)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
