@@ -89,6 +89,8 @@ class Worker:
             self.protections.update(net_namespace=True, mount_namespace=True, read_only_root=_jail.read_only_root())
         self.base = _jail.make_scratch_base()
         self.cgroup = _jail.MemoryCgroup.create(config["cgroup_name"])
+        if self.cgroup:  # the worker lives in the cgroup it limits; its children are the OOM killer's first pick
+            self.cgroup.join()
         self.protections["memory_cgroup"] = self.cgroup.path if self.cgroup else None
         if not self.isolate and self.uid is not None and _jail.closed_ancestors(needed):
             self.uid = None  # the interpreter lives where others cannot read (e.g. /root): keep our uid, loudly
@@ -115,9 +117,7 @@ class Worker:
         self.init_pid = pid
 
     def close(self) -> None:
-        if self.cgroup:
-            self.cgroup.remove()
-        _jail.remove_tree(self.base)
+        _jail.remove_tree(self.base)  # the cgroup is removed by the parent: we are still in it
 
     # -------------------------------------------------------- ops
 
@@ -151,8 +151,8 @@ class Worker:
 
     def _run_in(self, tmp: str, spec: dict) -> dict:
         limits = {**self.limits, **spec["limits"]}
-        if self.cgroup:
-            self.cgroup.set_limit(limits["memory_mb"] << 20)
+        if self.cgroup:  # on top of what the worker uses now, plus room for the output it buffers for us
+            self.cgroup.set_limit(self.cgroup.usage() + (limits["memory_mb"] << 20) + 3 * limits["output_bytes"])
         oom_before = self.cgroup.oom_kills() if self.cgroup else 0
         stdin_fd = _stdin_fd(spec.get("input"))
         pipes = {name: os.pipe() for name in ("out", "err", "res", "tok")}
@@ -194,8 +194,7 @@ class Worker:
     def _contain(self, tmp, limits, stdin_fd, pipes) -> None:
         os.setsid()
         _jail.die_with_parent()
-        if self.cgroup:
-            self.cgroup.join()
+        _jail.set_oom_score_adj(1000)
         os.chdir(tmp)
         sources = (stdin_fd, pipes["out"][1], pipes["err"][1], pipes["res"][1], pipes["tok"][0])
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in sources]  # out of the way of the targets below

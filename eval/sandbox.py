@@ -51,6 +51,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import uuid
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -353,7 +355,7 @@ class _WorkerProcess:
     def __init__(self, index: int, isolate: bool):
         self.index, self.isolate = index, isolate
         self.uid = 1_000_000 + (os.getpid() % 4_000_000) * 64 + index if os.geteuid() == 0 else None
-        self.cgroup_name = f"algoforge-sandbox-{os.getpid()}-{index}"
+        self.cgroup_name = f"algoforge-sandbox-{os.getpid()}-{uuid.uuid4().hex[:8]}-{index}"
         self.protections: dict = {}
         self._spawn()
 
@@ -400,3 +402,16 @@ class _WorkerProcess:
                 self.proc.wait()
         for f in (self.proc.stdin, self.proc.stdout):
             f.close()
+        _remove_cgroup(self.protections.get("memory_cgroup"))
+
+
+def _remove_cgroup(path: str | None) -> None:
+    """The worker lives in its cgroup, so only we can remove it, once the worker and its reaper are gone."""
+    for _ in range(100):
+        if not path or not os.path.isdir(path):
+            return
+        try:
+            os.rmdir(path)
+        except OSError:
+            time.sleep(0.01)
+    warnings.warn(f"could not remove the sandbox cgroup {path}", RuntimeWarning, stacklevel=2)

@@ -243,6 +243,13 @@ def test_verdicts_identical_across_three_reruns(sandbox, host):
     assert set(runs[0]) == {Verdict.PASS, Verdict.WA, Verdict.RE, Verdict.TLE, Verdict.CE, Verdict.MLE, Verdict.OLE}
 
 
+def test_close_leaves_no_cgroup_and_no_worker():
+    with Sandbox(workers=1) as sb:
+        cgroup, worker = sb.protections["memory_cgroup"], sb._workers[0].proc
+        assert cgroup and os.path.isdir(cgroup)
+    assert not os.path.exists(cgroup) and worker.poll() is not None
+
+
 def test_without_namespaces_the_kernel_limits_still_hold(tmp_path):
     with pytest.warns(RuntimeWarning, match="without namespaces"), Sandbox(workers=1, isolate=False) as sb:
         assert sb.protections["pid_namespace"] is False
