@@ -4,8 +4,9 @@
         judgements = sandbox.judge([(problem, program_text), ...], progress=bar.update)
 
 Design. A pool of warm worker processes (fresh interpreters with common modules, numpy included, imported once)
-forks one child per test run. The child receives the program and one test's *input* only (stdin, or call
-arguments) and sends back what the program produced: stdout bytes, or the call's return value serialised to
+forks the children that run programs: one per program for all its call-shaped tests (one call per step, CPU and
+wall limits restarting at each step, as upstream harnesses run all asserts in one process), one per stdio test.
+The child receives the program and test *inputs* only (stdin, or call arguments) and sends back what it produced: stdout bytes, or the call's return value serialised to
 plain tagged data (eval/_codec.py). This parent decodes that data and compares it with the expected value, which
 never leaves this process. Asserts of the common shapes are parsed into such calls (eval/judge.py); identical
 (problem, program) pairs in one batch are judged once.
@@ -21,8 +22,9 @@ Threat model: what holds against a hostile program, and in which mode.
     pipe drained concurrently with an output cap (OLE); a scrubbed environment, PYTHONHASHSEED=0, a fresh temp
     dir as cwd (removed after), stdin from /dev/null when the test has none; orphans (double fork + setsid) are
     killed and reaped after every run (pid namespace, else child-subreaper sweep); no fds or zombies left.
-  - Memory: a per-worker memory cgroup (v1 or v2) when one is writable: OOM kills are reported as MLE and large
-    thread stacks still work. Otherwise RLIMIT_AS at the warm interpreter's size plus twice the limit (coarse:
+  - Memory: a per-worker memory cgroup (v1 or v2) when one is writable, the limit set per run on top of what the
+    worker itself holds (plus room for the output it buffers): OOM kills are reported as MLE, children are the
+    OOM killer's first pick, and large thread stacks still work. Otherwise RLIMIT_AS at the warm interpreter's size plus twice the limit (coarse:
     a warning says so).
   When run as root (CI, this project's machines), additionally:
   - An unprivileged uid per worker with no capabilities and no_new_privs: it owns no host file, cannot signal
