@@ -1,0 +1,184 @@
+"""Sampler throughput: our jitted KV-cache sampler against transformers' `generate`, or alone on a GPU.
+
+CPU (default): a small random Qwen2 (4 layers, hidden 256, 4 heads / 2 kv heads, mlp 1024, vocab 32000) written with
+transformers' `save_pretrained` and loaded with `load_hf_model`, so both sides run the same fp32 weights on the
+same 64 left-padded prompts (lengths 24-32) for exactly 128 greedy new tokens each (no early stop). Compile time is
+excluded (one warm-up run each, then the best of `--repeats` timed runs); torch gets as many threads as JAX has cores.
+
+    .venv/bin/python benchmarks/sampler.py                      # prints tokens/s of both and the ratio
+
+GPU: random-init Qwen2.5-1.5B and 7B in bfloat16 at batch 1, 64 and 256; prints decode tokens/s and the memory
+bandwidth utilisation of a decode step, (weight bytes + KV-cache bytes a step must read) / step time / peak.
+
+    python benchmarks/sampler.py --device gpu --peak-gbps 3350   # H100 SXM; 4800 for an H200
+
+The KV bytes counted are those of the *filled* cache (mean over the run), the bytes any implementation has to read;
+our decode step attends over the whole static-size cache, so a short run understates what it actually moves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (cpu: 64; gpu: 1 64 256)")
+    p.add_argument("--new-tokens", type=int, default=128, help="tokens generated per sequence")
+    p.add_argument("--prompt-len", type=int, default=32, help="longest prompt (cpu prompts are 3/4 to all of it)")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up; the best is reported")
+    p.add_argument("--peak-gbps", type=float, default=3350.0, help="peak memory bandwidth, GB/s (H200: 4800)")
+    p.add_argument("--preset", nargs="+", default=["qwen2.5-1.5b", "qwen2.5-7b"], help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="bfloat16", help=argparse.SUPPRESS)  # gpu mode; float32 for CPU checks
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------- arithmetic
+
+
+def decode_bytes_per_step(cfg, batch: int, cache_len: float) -> float:
+    """Bytes a decode step must read from memory: every weight once, plus K and V of `cache_len` tokens per row."""
+    from algoforge_jax.models.qwen2 import parameter_count
+
+    import jax.numpy as jnp
+
+    weights = parameter_count(cfg) * jnp.dtype(cfg.weight_dtype).itemsize
+    kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_size * jnp.dtype(cfg.compute_dtype).itemsize
+    return weights + batch * cache_len * kv
+
+
+def bandwidth_utilisation(cfg, batch: int, prompt_len: int, new_tokens: int, step_seconds: float, peak_gbps: float):
+    """(GB/s achieved, fraction of peak) of a decode step; the cache grows from prompt_len to prompt_len+new_tokens."""
+    gbps = decode_bytes_per_step(cfg, batch, prompt_len + new_tokens / 2) / step_seconds / 1e9
+    return gbps, gbps / peak_gbps
+
+
+# ------------------------------------------------------------------------------------------------- runs
+
+
+def _prompts(batch: int, max_len: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(max(1, 3 * max_len // 4), max_len + 1, batch)
+    return [rng.integers(1, vocab, n).tolist() for n in lengths]
+
+
+def time_ours(sampler, params, prompts, repeats: int) -> tuple[float, dict, object]:
+    sampler.generate(params, prompts)  # compile
+    best, stats, rollout = float("inf"), {}, None
+    for _ in range(repeats):
+        rollout = sampler.generate(params, prompts)
+        if sampler.last_stats["seconds"] < best:
+            best, stats = sampler.last_stats["seconds"], dict(sampler.last_stats)
+    return best, stats, rollout
+
+
+def time_torch(model, prompts, new_tokens: int, repeats: int):
+    import numpy as np
+    import torch
+
+    T = max(map(len, prompts))
+    ids = np.zeros((len(prompts), T), np.int64)
+    mask = np.zeros((len(prompts), T), np.int64)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p):], mask[i, T - len(p):] = p, 1
+    ids, mask = torch.tensor(ids), torch.tensor(mask)
+
+    def run(n):
+        with torch.inference_mode():
+            return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                  do_sample=False, use_cache=True, pad_token_id=0)
+
+    run(8)  # warm-up (allocator, kernels)
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = run(new_tokens)
+        best = min(best, time.perf_counter() - start)
+    return best, out[:, T:].numpy()
+
+
+def cpu(args) -> None:
+    import jax
+    import numpy as np
+    import torch
+    import transformers
+
+    from algoforge_jax import sharding
+    from algoforge_jax.convert.hf import load_hf_model
+    from algoforge_jax.sampling import SamplerConfig, make_sampler
+
+    threads = len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    batch = (args.batch or [64])[0]
+    hf_cfg = transformers.Qwen2Config(vocab_size=32000, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                                      tie_word_embeddings=False)
+    torch.manual_seed(0)
+    hf = transformers.Qwen2ForCausalLM(hf_cfg).eval()
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        model = load_hf_model(tmp, mesh)
+    sampler, params = make_sampler(model, mesh, SamplerConfig(args.new_tokens, stop_token_ids=()))
+    prompts = _prompts(batch, args.prompt_len, hf_cfg.vocab_size)
+    total = batch * args.new_tokens
+
+    ours_s, stats, rollout = time_ours(sampler, params, prompts, args.repeats)
+    torch_s, torch_tokens = time_torch(hf, prompts, args.new_tokens, args.repeats)
+    agree = float(np.mean(rollout.tokens == torch_tokens))
+    print(f"cpu, {threads} threads: batch {batch} x {args.new_tokens} new tokens, prompts <= {args.prompt_len}")
+    print(f"  algoforge_jax  {total / ours_s:9.1f} tokens/s  ({ours_s:.3f} s; prefill {stats['prefill_seconds']:.3f} s,"
+          f" {stats['decode_seconds'] / max(stats['decode_steps'], 1) * 1e3:.2f} ms/decode step)")
+    print(f"  transformers   {total / torch_s:9.1f} tokens/s  ({torch_s:.3f} s)")
+    print(f"  ratio          {torch_s / ours_s:9.2f}x   (greedy tokens equal to transformers': {agree:.1%})")
+
+
+def gpu(args) -> None:
+    import jax
+
+    from algoforge_jax import sharding
+    from algoforge_jax.models.build import init_model
+    from algoforge_jax.models.qwen2 import preset
+    from algoforge_jax.sampling import SamplerConfig, make_sampler
+
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    print(f"{jax.devices()[0].device_kind}: prompts of {args.prompt_len}, {args.new_tokens} new tokens, "
+          f"peak {args.peak_gbps:.0f} GB/s")
+    for name in args.preset:
+        cfg = preset(name, dtype=args.dtype, param_dtype=args.dtype)
+        model = init_model(cfg, mesh, sharding.SAMPLE_RULES)
+        sampler, params = make_sampler(model, mesh, SamplerConfig(args.new_tokens, stop_token_ids=(),
+                                                                  min_prompt_bucket=args.prompt_len))
+        for batch in args.batch or [1, 64, 256]:
+            prompts = _prompts(batch, args.prompt_len, cfg.vocab_size)
+            prompts = [p + [1] * (args.prompt_len - len(p)) for p in prompts]  # exact length: no pad to count
+            _, stats, _ = time_ours(sampler, params, prompts, args.repeats)
+            step = stats["decode_seconds"] / max(stats["decode_steps"], 1)
+            gbps, frac = bandwidth_utilisation(cfg, batch, args.prompt_len, args.new_tokens, step, args.peak_gbps)
+            print(f"  {name:14s} batch {batch:4d}: {batch / step:10.1f} tokens/s  {step * 1e3:7.2f} ms/step  "
+                  f"{gbps:7.1f} GB/s = {frac:6.1%} of peak  (prefill {stats['prefill_seconds'] * 1e3:.1f} ms)")
+        del model, sampler, params
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.device == "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        cpu(args)
+    else:
+        gpu(args)
+
+
+if __name__ == "__main__":
+    main()
