@@ -48,6 +48,7 @@ def test_all_references_pass(sandbox, benchmark):
     assert _failures(verdicts) == {}
 
 
+@pytest.mark.filterwarnings("ignore:.*APPS problem without tests skipped")
 @pytest.mark.parametrize("benchmark,file", [("apps", "apps_upstream.jsonl"), ("codecontests", "codecontests.jsonl"),
                                             ("jsonl", "problems.jsonl")])
 def test_fixture_references_pass(sandbox, benchmark, file):
