@@ -112,11 +112,11 @@ def _parse_sample(path: pathlib.Path, lineno: int, line: str) -> tuple[Any, str]
         raise UserError(f"{where}: not valid JSON ({e.msg})") from None
     if not isinstance(row, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    for field, kinds in (("task_id", (str, int)), ("completion", (str,))):
+    for field, kinds, name in (("task_id", (str, int), "a string or integer"), ("completion", (str,), "a string")):
         if field not in row:
             raise UserError(f"{where}: field {field!r}: missing")
         if not isinstance(row[field], kinds) or isinstance(row[field], bool):
-            raise UserError(f"{where}: field {field!r}: expected a string, got {type(row[field]).__name__}")
+            raise UserError(f"{where}: field {field!r}: expected {name}, got {type(row[field]).__name__}")
     return row["task_id"], row["completion"]
 
 

@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
+from algoforge_jax.errors import UserError
+from eval.benchmarks import load_benchmark
+from eval.score import parse_ks, program_for, read_done, read_samples
 from perturb import perturb_assert
-
-pytest.importorskip("eval.sandbox")
 
 ROOT = pathlib.Path(__file__).parents[1]
 MBPP = ROOT / "eval" / "data" / "mbpp" / "mbpp.jsonl"
@@ -27,6 +28,7 @@ def _score(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """Tasks 11-14 of MBPP; task 12's first expected output is changed; samples as listed below."""
+    pytest.importorskip("eval.sandbox")
     tmp = tmp_path_factory.mktemp("score")
     rows = {r["task_id"]: r for r in map(json.loads, MBPP.read_text().splitlines()) if 11 <= r["task_id"] <= 14}
     rows[12]["test_list"][0] = perturb_assert(rows[12]["test_list"][0])
@@ -93,3 +95,69 @@ def test_bad_input_is_a_one_line_error(run, tmp_path):
                                    "mbpp (wrong --benchmark, --split or --problems?)")
     proc = _score("--benchmark", "jsonl", "--samples", str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "r.jsonl"))
     assert proc.returncode == 2 and "give its file with --problems" in proc.stderr
+
+
+LIVEBENCH_SOLUTIONS = [
+    {"task_id": "lb-stdin-1", "completion": "```python\nprint(int(input()) + 1)\n```"},
+    {"task_id": "lb-fn-1", "completion": "```python\nfrom typing import List\nclass Solution:\n"
+                                          "    def topKSum(self, nums: List[int], k: int) -> int:\n"
+                                          "        return sum(sorted(nums)[-k:])\n```"},
+    # a completion task: the answer continues the given partial solution, which score puts in front
+    {"task_id": "lb-completion-1", "completion": "```python\n    print(2 * int(sys.stdin.readline()))\nmain()\n```"},
+]
+
+
+def test_livebench_fixture_end_to_end(tmp_path):
+    pytest.importorskip("eval.sandbox")
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(s) + "\n" for s in LIVEBENCH_SOLUTIONS))
+    proc = _score("--benchmark", "livebench", "--problems", str(ROOT / "tests" / "fixtures" / "livebench_coding.jsonl"),
+                  "--samples", str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "r.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [(r["task_id"], r["verdict"]) for r in results] == [(s["task_id"], "PASS") for s in LIVEBENCH_SOLUTIONS]
+
+
+# ---------------------------------------------------------------- the pieces, without the sandbox
+
+
+def test_program_for_extracts_and_prefixes_completion_tasks():
+    problems = {p.task_id: p for p in load_benchmark("livebench", ROOT / "tests" / "fixtures" / "livebench_coding.jsonl")}
+    completion = problems["lb-completion-1"]
+    assert program_for(completion, "```python\n    pass\n```") == "import sys\ndef main():\n    pass\n"
+    whole = "import sys\ndef main():\n    pass\n"
+    assert program_for(completion, whole) == whole  # already starts with the partial solution
+    assert program_for(problems["lb-stdin-1"], "no fence, whole text") == "no fence, whole text"
+    assert program_for(completion, "   ") == ""  # NO_CODE, not the prefix alone
+
+
+def test_parse_ks():
+    assert parse_ks("1,5, 10") == (1, 5, 10)
+    for bad in ("", "1,x", "0,1"):
+        with pytest.raises(UserError, match="--k"):
+            parse_ks(bad)
+
+
+def test_read_samples_indices_aliases_and_errors(tmp_path):
+    problems = load_benchmark("mbpp")
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"task_id": 11, "completion": "a"}\n{"task_id": "Mbpp/11", "completion": "b"}\n'
+                    '{"task_id": "12", "completion": "c"}\n')
+    samples = read_samples(path, problems, "mbpp")
+    assert [(s.problem.task_id, s.sample_index, s.program) for s in samples] == [
+        ("Mbpp/11", 0, "a"), ("Mbpp/11", 1, "b"), ("Mbpp/12", 0, "c")]
+    for line, message in [('{"task_id": 11}', "s.jsonl:1: field 'completion': missing"),
+                          ('{"task_id": 11, "completion": null}', "s.jsonl:1: field 'completion': expected a string"),
+                          ('{"task_id": true, "completion": "x"}', "s.jsonl:1: field 'task_id': expected a string or integer, got bool"),
+                          ("[1]", "s.jsonl:1: expected a JSON object"), ("", "s.jsonl: no samples")]:
+        path.write_text(line + "\n")
+        with pytest.raises(UserError, match=message.replace("(", "\\(")):
+            read_samples(path, problems, "mbpp")
+
+
+def test_read_done_drops_a_line_cut_by_a_crash_and_unknown_samples(tmp_path):
+    out = tmp_path / "r.jsonl"
+    out.write_text('{"task_id": "Mbpp/11", "sample_index": 0, "verdict": "PASS"}\n'
+                   '{"task_id": "Mbpp/11", "sample_index": 9, "verdict": "PASS"}\n'
+                   '{"task_id": "Mbpp/12", "sample_index": 0, "verd')
+    done = read_done(out, {("Mbpp/11", 0), ("Mbpp/12", 0)})
+    assert list(done) == [("Mbpp/11", 0)]
