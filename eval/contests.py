@@ -17,18 +17,25 @@ from eval.problems import Problem, Test
 from eval.records import OPT_STR, Record, make_problem, make_test, read_records
 
 
-def _literal(value: Any) -> str:
-    """Python source for a JSON value (lists, dicts, strings, numbers, booleans, null)."""
-    return repr(value)
+# The sandbox calls module-level functions. For LeetCode-style `class Solution` problems the setup code (run before
+# the program) defines this one, which calls the method; `Solution` is looked up at call time, so the tests stay
+# call tests judged by the parent (an `assert Solution().f(x) == y` would be judged inside the program's process).
+METHOD_CALLER = "_call_solution_method"
 
 
-def _call_or_method_test(rec: Record, field: str, fn_name: str, starter: str, args: list, expected: Any) -> Test:
-    """A call test; LeetCode-style `class Solution` starter code is called as `Solution().fn(*args)` instead."""
-    if "class Solution" in starter:
-        arg_src = ", ".join(_literal(a) for a in args)
-        code = f"assert Solution().{fn_name}({arg_src}) == {_literal(expected)}"
-        return make_test(rec, field, type="assert", code=code)
-    return make_test(rec, field, type="call", fn_name=fn_name, args=list(args), expected=expected)
+def _is_method(starter: str) -> bool:
+    return "class Solution" in starter
+
+
+def _method_setup(fn_name: str | None, starter: str) -> str:
+    if not fn_name or not _is_method(starter):
+        return ""
+    return f"def {METHOD_CALLER}(*args):\n    return Solution().{fn_name}(*args)\n"
+
+
+def _call_test(rec: Record, field: str, fn_name: str, starter: str, args: list, expected: Any) -> Test:
+    name = METHOD_CALLER if _is_method(starter) else fn_name
+    return make_test(rec, field, type="call", fn_name=name, args=list(args), expected=expected)
 
 
 def _text(value: Any) -> str:
@@ -50,7 +57,7 @@ def _apps_tests(rec: Record, io: dict, starter: str) -> tuple[Test, ...]:
                      for i, o in zip(inputs, outputs))
     if not all(isinstance(i, list) for i in inputs):
         raise rec.error("input_output", "call-based 'inputs' must be lists of arguments")
-    return tuple(_call_or_method_test(rec, "input_output", fn_name, starter, i, _unwrap(o))
+    return tuple(_call_test(rec, "input_output", fn_name, starter, i, _unwrap(o))
                  for i, o in zip(inputs, outputs))
 
 
@@ -73,8 +80,8 @@ def _apps_upstream(rec: Record) -> Problem | None:
     return make_problem(
         rec, task_id=f"APPS/{rec.get('problem_id', (int, str))}",
         prompt=_apps_statement(rec.get("question", str), starter), tests=_apps_tests(rec, io, starter),
-        entry_point=io.get("fn_name"), reference_solution=solutions[0] if solutions else None,
-        time_limit_s=4.0, metadata={"difficulty": rec.get("difficulty", str, ""), "starter_code": starter},
+        entry_point=io.get("fn_name"), setup_code=_method_setup(io.get("fn_name"), starter),
+        reference_solution=solutions[0] if solutions else None, time_limit_s=4.0, metadata={"difficulty": rec.get("difficulty", str, ""), "starter_code": starter},
     )
 
 
@@ -232,7 +239,7 @@ def _livebench_test(rec: Record, case: dict, fn_name: str | None, starter: str) 
         expected = json.loads(case["output"])
     except json.JSONDecodeError:
         raise rec.error("test_cases", "functional input/output is not JSON") from None
-    return _call_or_method_test(rec, "test_cases", fn_name, starter, args, expected)
+    return _call_test(rec, "test_cases", fn_name, starter, args, expected)
 
 
 def _livebench_meta(rec: Record) -> tuple[dict, str]:
@@ -260,7 +267,7 @@ def load_livebench(path: pathlib.Path, split: str) -> list[Problem]:
         problems.append(make_problem(
             rec, task_id=str(rec.get("question_id", (str, int))), prompt=turns[0],
             tests=tuple(_livebench_test(rec, c, meta.get("func_name"), starter) for c in cases),
-            entry_point=meta.get("func_name"),
+            entry_point=meta.get("func_name"), setup_code=_method_setup(meta.get("func_name"), starter),
             metadata={"task": rec.get("task", str, ""), "partial_solution": rec.get("partial_solution", OPT_STR, "") or "",
                       "title": rec.get("question_title", str, "")},
         ))

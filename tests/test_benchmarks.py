@@ -7,6 +7,7 @@ import pytest
 
 from algoforge_jax.errors import UserError
 from eval.benchmarks import BENCHMARKS, MBPP_SPLITS, load_benchmark, split_humaneval_check
+from eval.contests import METHOD_CALLER
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
@@ -115,7 +116,10 @@ def test_apps_upstream_fixture():
     assert stdio.reference_solution.startswith("a, b = map(int")
     assert call.tests[0].type == "call" and call.tests[0].fn_name == "sort_desc"
     assert call.tests[0].args == [[3, 1, 2]] and call.tests[0].expected == [3, 2, 1]  # one-element wrapper removed
-    assert method.tests[1].code == "assert Solution().trailingZeroes(25) == 6"
+    # class Solution: a call test of a setup-code function that calls the method, so the parent judges it
+    assert method.tests[1].type == "call" and method.tests[1].fn_name == METHOD_CALLER
+    assert method.tests[1].args == [25] and method.tests[1].expected == 6
+    assert "return Solution().trailingZeroes(*args)" in method.setup_code and call.setup_code == ""
 
 
 def test_codecontests_fixture():
@@ -142,8 +146,9 @@ def test_livebench_fixture():
     assert [(t.input, t.output) for t in stdin.tests] == [("4\n", "5\n"), ("41\n", "42\n")]
     assert fn.entry_point == "topKSum"
     # the second test comes from the base64/zlib/pickle-encoded private cases
-    assert [t.code for t in fn.tests] == ["assert Solution().topKSum([1, 2, 3], 1) == 3",
-                                          "assert Solution().topKSum([5, 1, 4], 2) == 9"]
+    assert [(t.fn_name, t.args, t.expected) for t in fn.tests] == [(METHOD_CALLER, [[1, 2, 3], 1], 3),
+                                                                   (METHOD_CALLER, [[5, 1, 4], 2], 9)]
+    assert "Solution().topKSum(*args)" in fn.setup_code and stdin.setup_code == ""
     assert completion.metadata["partial_solution"] == "import sys\ndef main():"
 
 
