@@ -39,7 +39,7 @@ class Greedy:
 
     def get_next_tokens(self, logits_BV: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
         del rng
-        tokens_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+        tokens_B = blocked_argmax(logits_BV)
         return tokens_B, jnp.zeros(tokens_B.shape, jnp.float32)  # log 1: the choice is certain
 
 
@@ -75,8 +75,52 @@ class Sample:
 
     def get_next_tokens(self, logits_BV: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
         logp_BV = self.log_probs(logits_BV)
-        tokens_B = jax.random.categorical(rng, logp_BV, axis=-1).astype(jnp.int32)
+        tokens_B = blocked_categorical(logp_BV, rng)
         return tokens_B, _pick(logp_BV, tokens_B)
+
+
+# Vocabulary sizes of the Qwen2 family are multiples of 128, so the vocab axis splits into [V/128, 128]
+# blocks with a free reshape. Both helpers below reduce over blocks first and then inside one block: on
+# XLA:CPU that is ~20x faster than jnp.argmax's variadic reduce over 152k entries, and sampling by inverse CDF
+# needs one uniform per row instead of the V Gumbel draws of jax.random.categorical.
+_BLOCK = 128
+
+
+def blocked_argmax(x_BV: jax.Array) -> jax.Array:
+    """jnp.argmax over the last axis (first maximal index), in two cheap passes when V is a multiple of 128."""
+    B, V = x_BV.shape
+    if V % _BLOCK:
+        return jnp.argmax(x_BV, axis=-1).astype(jnp.int32)
+    blocks_BNC = x_BV.reshape(B, V // _BLOCK, _BLOCK)
+    block_B = jnp.argmax(blocks_BNC.max(axis=-1), axis=-1)
+    inner_BC = jnp.take_along_axis(blocks_BNC, block_B[:, None, None], axis=1)[:, 0]
+    return (block_B * _BLOCK + jnp.argmax(inner_BC, axis=-1)).astype(jnp.int32)
+
+
+def _first_above(cdf_BN: jax.Array, u_B1: jax.Array, mass_BN: jax.Array) -> jax.Array:
+    """Index of the first entry whose cumulative mass exceeds u; if rounding pushes u past the total, the last
+    entry with mass. Either way the chosen entry has positive mass."""
+    idx_B = jnp.sum(cdf_BN <= u_B1, axis=-1)
+    last_B = cdf_BN.shape[-1] - 1 - jnp.argmax((mass_BN > 0)[:, ::-1], axis=-1)
+    return jnp.where(idx_B < cdf_BN.shape[-1], idx_B, last_B)
+
+
+def blocked_categorical(logp_BV: jax.Array, rng: jax.Array) -> jax.Array:
+    """One draw per row from exp(logp_BV) by inverse CDF: pick a block by its mass, then a token inside it.
+
+    Tokens with probability 0 (log-prob -inf) are never drawn."""
+    B, V = logp_BV.shape
+    pad = -V % _BLOCK
+    probs_BV = jnp.exp(logp_BV if not pad else jnp.pad(logp_BV, ((0, 0), (0, pad)), constant_values=-jnp.inf))
+    blocks_BNC = probs_BV.reshape(B, -1, _BLOCK)
+    mass_BN = blocks_BNC.sum(axis=-1)
+    cdf_BN = jnp.cumsum(mass_BN, axis=-1)
+    u_B1 = jax.random.uniform(rng, (B, 1)) * cdf_BN[:, -1:]
+    block_B = _first_above(cdf_BN, u_B1, mass_BN)
+    inner_BC = jnp.take_along_axis(blocks_BNC, block_B[:, None, None], axis=1)[:, 0]
+    u_B1 = u_B1 - (_pick(cdf_BN, block_B) - _pick(mass_BN, block_B))[:, None]
+    token_B = _first_above(jnp.cumsum(inner_BC, axis=-1), u_B1, inner_BC)
+    return (block_B * _BLOCK + token_B).astype(jnp.int32)
 
 
 def _pick(x_BV: jax.Array, tokens_B: jax.Array) -> jax.Array:
@@ -158,7 +202,8 @@ def _record(state: SampleState, logits_BV, method, cfg: SamplerConfig, rng) -> S
 
 # ---------------------------------------------------------------------------------------------- programs
 
-_KV_AXES = ("batch", "cache_len", "kv_heads", "head_dim")
+_K_AXES = ("batch", "kv_heads", "head_dim", "cache_len")
+_V_AXES = ("batch", "kv_heads", "cache_len", "head_dim")
 
 
 def _constrain(state: SampleState, mesh: Mesh, rules: sharding.Rules) -> SampleState:
@@ -172,7 +217,7 @@ def _constrain(state: SampleState, mesh: Mesh, rules: sharding.Rules) -> SampleS
     cache = state.cache
     cache = dataclasses.replace(
         cache,
-        layers=[LayerCache(put(c.k_BSKH, _KV_AXES), put(c.v_BSKH, _KV_AXES)) for c in cache.layers],
+        layers=[LayerCache(put(c.k_BKHS, _K_AXES), put(c.v_BKSH, _V_AXES)) for c in cache.layers],
         valid_BS=rows(cache.valid_BS),
         next_pos_B=rows(cache.next_pos_B),
     )

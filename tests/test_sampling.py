@@ -19,7 +19,8 @@ from flax import nnx
 
 from algoforge_jax import sharding
 from algoforge_jax.convert.hf import load_hf_model
-from algoforge_jax.sampling import Greedy, Sample, SamplerConfig, make_sampler, sampling_method
+from algoforge_jax.sampling import (Greedy, Sample, SamplerConfig, blocked_argmax, blocked_categorical, make_sampler,
+                                    sampling_method)
 from algoforge_jax.tokenizer import BUNDLED_QWEN25
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,6 +175,32 @@ def test_empirical_distribution_matches_the_intended_one(kwargs):
     np.testing.assert_allclose(np.exp(np.asarray(method.log_probs(jnp.asarray(LOGITS8)[None])))[0], want, atol=1e-6)
 
 
+def test_blocked_argmax_equals_argmax_including_ties():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 1024)).astype(np.float32)
+    x[3, [5, 700]] = 50.0  # a tie across blocks: the first index wins, as in jnp.argmax
+    x[4, [130, 131]] = 50.0  # a tie inside a block
+    x[5] = 0.0  # all equal
+    np.testing.assert_array_equal(blocked_argmax(jnp.asarray(x)), np.argmax(x, axis=-1))
+    odd = rng.standard_normal((4, 1000)).astype(np.float32)  # not a multiple of the block: plain argmax
+    np.testing.assert_array_equal(blocked_argmax(jnp.asarray(odd)), np.argmax(odd, axis=-1))
+
+
+def test_blocked_categorical_over_several_blocks():
+    # 384 = 3 blocks; mass spread over all of them, with zero-probability tokens inside the kept blocks.
+    logits = np.full(384, -np.inf, np.float32)
+    kept = np.array([0, 1, 127, 128, 200, 383])
+    logits[kept] = [0.5, -1.0, 1.5, 0.0, 1.0, -0.5]
+    want = np.zeros(384)
+    want[kept] = np.exp(logits[kept].astype(np.float64)) / np.exp(logits[kept].astype(np.float64)).sum()
+    draws = 100_000
+    tokens = jax.jit(jax.vmap(lambda k: blocked_categorical(jnp.asarray(logits)[None], k)))(
+        jax.random.split(jax.random.key(7), draws))
+    freq = np.bincount(np.asarray(tokens[:, 0]), minlength=384) / draws
+    assert freq[want == 0].sum() == 0
+    assert np.all(np.abs(freq - want) <= 5 * np.sqrt(want * (1 - want) / draws) + 1e-12), (freq[kept], want[kept])
+
+
 def test_sampling_method_and_validation():
     assert sampling_method(0.0, top_k=5) == Greedy()
     assert sampling_method(0.8, 5, 0.9) == Sample(0.8, 5, 0.9)
@@ -290,9 +317,9 @@ def test_sharded_greedy_equals_one_device(models):
 
     state, rows = s8.run(p8, prompts)
     assert rows == 6 and state.tokens_BN.shape[0] == 8
-    k = state.cache.layers[0].k_BSKH
-    B, S, K, H = k.shape
-    assert k.sharding.shard_shape(k.shape) == (B // 4, S, K // 2, H)  # rows over data x fsdp, kv heads over tensor
+    k = state.cache.layers[0].k_BKHS
+    B, K, H, S = k.shape
+    assert k.sharding.shard_shape(k.shape) == (B // 4, K // 2, H, S)  # rows over data x fsdp, kv heads over tensor
     assert state.tokens_BN.sharding.shard_shape(state.tokens_BN.shape) == (B // 4, NEW)
 
 

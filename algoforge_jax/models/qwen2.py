@@ -248,8 +248,8 @@ def rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
 class LayerCache:
     """Keys and values of one layer for every cache slot."""
 
-    k_BSKH: jax.Array
-    v_BSKH: jax.Array
+    k_BKHS: jax.Array  # keys transposed: [batch, kv heads, head dim, slot]
+    v_BKSH: jax.Array
 
 
 @jax.tree_util.register_dataclass
@@ -269,8 +269,9 @@ class KVCache:
     @classmethod
     def init(cls, cfg: Qwen2Config, batch: int, size: int, dtype=None) -> "KVCache":
         dtype = dtype or cfg.compute_dtype
-        shape = (batch, size, cfg.num_key_value_heads, cfg.head_size)
-        layers = [LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_hidden_layers)]
+        B, K, S, H = batch, cfg.num_key_value_heads, size, cfg.head_size
+        layers = [LayerCache(jnp.zeros((B, K, H, S), dtype), jnp.zeros((B, K, S, H), dtype))
+                  for _ in range(cfg.num_hidden_layers)]
         return cls(layers, jnp.zeros((batch, size), bool), jnp.zeros((batch,), jnp.int32), jnp.zeros((), jnp.int32))
 
     @property
@@ -300,31 +301,33 @@ class Attention(nnx.Module):
         q_BTNH = rope(self._project(x_BTD, self.q_proj, self.q_bias), positions_BT, cfg.rope_theta)
         k_BTKH = rope(self._project(x_BTD, self.k_proj, self.k_bias), positions_BT, cfg.rope_theta)
         v_BTKH = self._project(x_BTD, self.v_proj, self.v_bias)
+        # Heads-major layouts, keys stored transposed: both attention matmuls are then plain batched
+        # [rows, contract] x [contract, cols] products over (B, K), with no per-step re-layout of the cache.
+        k_BKHS, v_BKSH = k_BTKH.transpose(0, 2, 3, 1), v_BTKH.transpose(0, 2, 1, 3)
         if cache is not None:
-            start = (0, end, 0, 0)
             cache = LayerCache(
-                jax.lax.dynamic_update_slice(cache.k_BSKH, k_BTKH.astype(cache.k_BSKH.dtype), start),
-                jax.lax.dynamic_update_slice(cache.v_BSKH, v_BTKH.astype(cache.v_BSKH.dtype), start),
+                jax.lax.dynamic_update_slice(cache.k_BKHS, k_BKHS.astype(cache.k_BKHS.dtype), (0, 0, 0, end)),
+                jax.lax.dynamic_update_slice(cache.v_BKSH, v_BKSH.astype(cache.v_BKSH.dtype), (0, 0, end, 0)),
             )
-            k_BTKH, v_BTKH = cache.k_BSKH.astype(x_BTD.dtype), cache.v_BSKH.astype(x_BTD.dtype)
-        out_BTNH = attend(q_BTNH, k_BTKH, v_BTKH, mask_BTS)
+            k_BKHS, v_BKSH = cache.k_BKHS.astype(x_BTD.dtype), cache.v_BKSH.astype(x_BTD.dtype)
+        out_BTNH = attend(q_BTNH, k_BKHS, v_BKSH, mask_BTS)
         out_BTD = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.o_proj[...].astype(cfg.compute_dtype))
         return out_BTD, cache
 
 
-def attend(q_BTNH, k_BSKH, v_BSKH, mask_BTS):
+def attend(q_BTNH, k_BKHS, v_BKSH, mask_BTS):
     """Grouped-query attention with an fp32 softmax. Rows whose mask is all False return zeros."""
     B, T, N, H = q_BTNH.shape
-    K = k_BSKH.shape[2]
-    q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
-    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32)
+    K = k_BKHS.shape[1]
+    q_BKGTH = q_BTNH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
+    scores = jnp.einsum("BKGTH,BKHS->BKGTS", q_BKGTH, k_BKHS, preferred_element_type=jnp.float32)
     scores = scores * (H**-0.5)
     mask = mask_BTS[:, None, None, :, :]
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
-    probs = jnp.where(mask, probs, 0.0).astype(v_BSKH.dtype)
-    out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_BSKH)
-    return out_BTKGH.reshape(B, T, N, H)
+    probs = jnp.where(mask, probs, 0.0).astype(v_BKSH.dtype)
+    out_BKGTH = jnp.einsum("BKGTS,BKSH->BKGTH", probs, v_BKSH)
+    return out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
 
 
 class MLP(nnx.Module):
