@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (cpu: 64; gpu: 1 64 256)")
+    p.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (cpu: 64 8; gpu: 1 64 256)")
     p.add_argument("--new-tokens", type=int, default=128, help="tokens generated per sequence")
     p.add_argument("--prompt-len", type=int, default=32, help="longest prompt (cpu prompts are 3/4 to all of it)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up; the best is reported")
@@ -120,7 +120,6 @@ def cpu(args) -> None:
 
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    batch = (args.batch or [64])[0]
     hf_cfg = transformers.Qwen2Config(vocab_size=32000, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                                       tie_word_embeddings=False)
@@ -131,9 +130,15 @@ def cpu(args) -> None:
         hf.save_pretrained(tmp)
         model = load_hf_model(tmp, mesh)
     sampler, params = make_sampler(model, mesh, SamplerConfig(args.new_tokens, stop_token_ids=()))
-    prompts = _prompts(batch, args.prompt_len, hf_cfg.vocab_size)
-    total = batch * args.new_tokens
+    for batch in args.batch or [64, 8]:
+        _compare(sampler, params, hf, batch, threads, args)
 
+
+def _compare(sampler, params, hf, batch: int, threads: int, args) -> None:
+    import numpy as np
+
+    prompts = _prompts(batch, args.prompt_len, hf.config.vocab_size)
+    total = batch * args.new_tokens
     ours_s, stats, rollout = time_ours(sampler, params, prompts, args.repeats)
     torch_s, torch_tokens = time_torch(hf, prompts, args.new_tokens, args.repeats)
     agree = float(np.mean(rollout.tokens == torch_tokens))
