@@ -195,12 +195,6 @@ class MemoryCgroup:
                 self._write("memory.memsw.limit_in_bytes", str(nbytes))
             except OSError:
                 pass
-            self._write("memory.max_usage_in_bytes", "0")
-        else:
-            try:
-                self._write("memory.peak", "0")  # resettable since Linux 6.12
-            except OSError:
-                pass
 
     def join(self) -> None:
         """Move the calling process into this cgroup. The worker joins once and its children are born inside:

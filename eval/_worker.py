@@ -92,6 +92,8 @@ class Worker:
         if self.cgroup:  # the worker lives in the cgroup it limits; its children are the OOM killer's first pick
             self.cgroup.join()
         self.protections["memory_cgroup"] = self.cgroup.path if self.cgroup else None
+        self.memory_limit = None
+        self.oom_kills = self.cgroup.oom_kills() if self.cgroup else 0
         if not self.isolate and self.uid is not None and _jail.closed_ancestors(needed):
             self.uid = None  # the interpreter lives where others cannot read (e.g. /root): keep our uid, loudly
         self.protections["unprivileged_uid"] = self.uid
@@ -151,9 +153,8 @@ class Worker:
 
     def _run_in(self, tmp: str, spec: dict) -> dict:
         limits = {**self.limits, **spec["limits"]}
-        if self.cgroup:  # on top of what the worker uses now, plus room for the output it buffers for us
-            self.cgroup.set_limit(self.cgroup.usage() + (limits["memory_mb"] << 20) + 3 * limits["output_bytes"])
-        oom_before = self.cgroup.oom_kills() if self.cgroup else 0
+        if self.cgroup:
+            self._set_memory_limit(limits)
         stdin_fd = _stdin_fd(spec.get("input"))
         pipes = {name: os.pipe() for name in ("out", "err", "res", "tok")}
         token = secrets.token_bytes(16)
@@ -169,8 +170,19 @@ class Worker:
         raw = _collect(pid, {n: pipes[n][0] for n in ("out", "err", "res")}, limits, start)
         raw["token_ok"] = [f["data"] for f in raw["frames"]] == [b"T" + token]
         self._sweep(pid)
-        raw["oom"] = bool(self.cgroup) and self.cgroup.oom_kills() > oom_before
+        if self.cgroup:  # only our children run in the cgroup, so the count after the last run is the baseline
+            oom_kills, self.oom_kills = self.oom_kills, self.cgroup.oom_kills()
+            raw["oom"] = self.oom_kills > oom_kills
         return raw
+
+    def _set_memory_limit(self, limits: dict) -> None:
+        """The cgroup limit: what the worker holds now (rounded up to 4 MiB, so it is rewritten only when the
+        worker really grew), plus the run's allowance, plus room for the output it buffers for us."""
+        held = -(-self.cgroup.usage() // (4 << 20)) * (4 << 20)
+        limit = held + (limits["memory_mb"] << 20) + 3 * limits["output_bytes"]
+        if limit != self.memory_limit:
+            self.cgroup.set_limit(limit)
+            self.memory_limit = limit
 
     def _sweep(self, pid: int) -> None:
         """Kill whatever the test left running: orphans, double-forked daemons, fork-bomb remains."""
