@@ -84,16 +84,19 @@ def encode_prompts(args, tokenizer) -> list[list[int]]:
 def main(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1 or args.num_samples < 1:
         raise UserError("--max-new-tokens and --num-samples must be at least 1")
-    from algoforge_jax import checkpoints, sharding
-    from algoforge_jax.sampling import SamplerConfig, make_sampler, sampling_method
-    from algoforge_jax.tokenizer import load_tokenizer, stop_token_ids
-
+    if args.prompt_ids is not None:
+        _int_list(args.prompt_ids, "--prompt-ids")  # fail before anything slow is loaded
     if not args.model.exists():
         raise UserError(f"{args.model}: no such model directory")
+    from algoforge_jax.sampling import SamplerConfig, make_sampler, sampling_method
+
     try:
         method = sampling_method(args.temperature, args.top_k, args.top_p)
     except ValueError as e:
         raise UserError(str(e)) from None
+    from algoforge_jax import checkpoints, sharding
+    from algoforge_jax.tokenizer import load_tokenizer, stop_token_ids
+
     tokenizer = load_tokenizer(args.model) if checkpoints.tokenizer_dir(args.model) else None
     prompts = encode_prompts(args, tokenizer)
     mesh = sharding.make_mesh()
