@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from algoforge_jax.errors import UserError
+from algoforge_jax.jsonl import read_jsonl
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -44,18 +45,10 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 
 def _read_prompts_file(path: Path) -> list[dict]:
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    for where, row in read_jsonl(path):
         if not isinstance(row, dict) or not ({"prompt", "prompt_ids", "messages"} & row.keys()):
-            raise UserError(f"{path}:{lineno}: needs a field 'prompt', 'prompt_ids' or 'messages'")
+            raise UserError(f"{where}: needs a field 'prompt', 'prompt_ids' or 'messages'")
         rows.append(row)
     if not rows:
         raise UserError(f"{path}: no prompts")

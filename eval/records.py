@@ -6,13 +6,13 @@ type and raises `UserError("file:line: field 'x': ...")`. Nothing here knows any
 
 from __future__ import annotations
 
-import gzip
 import json
 import pathlib
 from collections.abc import Iterator
 from typing import Any
 
 from algoforge_jax.errors import UserError
+from algoforge_jax.jsonl import read_jsonl
 from eval.problems import Problem, Test
 
 MISSING = object()
@@ -76,16 +76,8 @@ def read_records(path: pathlib.Path) -> Iterator[Record]:
 
 
 def _jsonl_records(path: pathlib.Path) -> Iterator[Record]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path.name}:{lineno}: not valid JSON ({e.msg})") from None
-            yield Record(data, f"{path.name}:{lineno}")
+    for where, data in read_jsonl(path):
+        yield Record(data, where)
 
 
 def _json_array_records(path: pathlib.Path) -> Iterator[Record]:

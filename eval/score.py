@@ -26,6 +26,7 @@ from eval.benchmarks import BENCHMARKS, load_benchmark
 from eval.extract import extract_program
 from eval.metrics import summarize
 from eval.problems import Judgement, Problem, Verdict
+from eval.records import read_records
 
 BATCH = 256  # samples judged between two flushes of the results file
 
@@ -85,39 +86,18 @@ def _task_index(problems: Sequence[Problem]) -> dict[str, Problem]:
 
 
 def read_samples(path: pathlib.Path, problems: Sequence[Problem], benchmark: str) -> list[Sample]:
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
     index, counts, samples = _task_index(problems), {}, []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            task_id, completion = _parse_sample(path, lineno, line)
-            problem = index.get(str(task_id))
-            if problem is None:
-                raise UserError(f"{path.name}:{lineno}: field 'task_id': {task_id!r} is not a task of {benchmark} "
-                                "(wrong --benchmark, --split or --problems?)")
-            counts[problem.task_id] = counts.get(problem.task_id, -1) + 1
-            samples.append(Sample(problem, counts[problem.task_id], program_for(problem, completion)))
+    for rec in read_records(path):
+        task_id, completion = rec.get("task_id", (str, int)), rec.get("completion", str)
+        problem = index.get(str(task_id))
+        if problem is None:
+            raise rec.error("task_id", f"{task_id!r} is not a task of {benchmark} "
+                            "(wrong --benchmark, --split or --problems?)")
+        counts[problem.task_id] = counts.get(problem.task_id, -1) + 1
+        samples.append(Sample(problem, counts[problem.task_id], program_for(problem, completion)))
     if not samples:
         raise UserError(f"{path}: no samples")
     return samples
-
-
-def _parse_sample(path: pathlib.Path, lineno: int, line: str) -> tuple[Any, str]:
-    where = f"{path.name}:{lineno}"
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{where}: not valid JSON ({e.msg})") from None
-    if not isinstance(row, dict):
-        raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    for field, kinds, name in (("task_id", (str, int), "a string or integer"), ("completion", (str,), "a string")):
-        if field not in row:
-            raise UserError(f"{where}: field {field!r}: missing")
-        if not isinstance(row[field], kinds) or isinstance(row[field], bool):
-            raise UserError(f"{where}: field {field!r}: expected {name}, got {type(row[field]).__name__}")
-    return row["task_id"], row["completion"]
 
 
 def result_line(sample: Sample, judgement: Judgement) -> dict[str, Any]:

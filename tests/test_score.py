@@ -147,7 +147,7 @@ def test_read_samples_indices_aliases_and_errors(tmp_path):
         ("Mbpp/11", 0, "a"), ("Mbpp/11", 1, "b"), ("Mbpp/12", 0, "c")]
     for line, message in [('{"task_id": 11}', "s.jsonl:1: field 'completion': missing"),
                           ('{"task_id": 11, "completion": null}', "s.jsonl:1: field 'completion': expected a string"),
-                          ('{"task_id": true, "completion": "x"}', "s.jsonl:1: field 'task_id': expected a string or integer, got bool"),
+                          ('{"task_id": true, "completion": "x"}', "s.jsonl:1: field 'task_id': expected a string or an integer, got bool"),
                           ("[1]", "s.jsonl:1: expected a JSON object"), ("", "s.jsonl: no samples")]:
         path.write_text(line + "\n")
         with pytest.raises(UserError, match=message.replace("(", "\\(")):
