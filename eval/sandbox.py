@@ -3,7 +3,7 @@
     with Sandbox(workers=8) as sandbox:
         judgements = sandbox.judge([(problem, program_text), ...], progress=bar.update)
 
-Design. A pool of warm worker processes (fresh interpreters with common modules, numpy included, imported once)
+Design. A pool of warm worker processes (fresh interpreters with common modules imported once)
 forks the children that run programs: one per program for all its call-shaped tests (one call per step, CPU and
 wall limits restarting at each step, as upstream harnesses run all asserts in one process), one per stdio test.
 The child receives the program and test *inputs* only (stdin, or call arguments) and sends back what it produced: stdout bytes, or the call's return value serialised to
