@@ -285,7 +285,8 @@ def _collect(pid: int, fds: dict[str, int], limits: dict, start: float) -> dict:
                 killed = "output"
         if killed is None and _new_frames(bufs["res"], frames, pid, start):
             deadline = time.monotonic() + limits["wall_s"]
-            _extend_cpu_limit(pid, frames[-1]["cpu_s"], limits["time_s"])
+            if frames[-1]["cpu_s"] is not None:
+                _extend_cpu_limit(pid, frames[-1]["cpu_s"], limits["time_s"])
     _kill(pid)  # the child, or what is left of its process group; before wait4, while the pid is still ours
     _, status, usage = os.wait4(pid, 0)
     wall = time.monotonic() - start
@@ -297,6 +298,10 @@ def _collect(pid: int, fds: dict[str, int], limits: dict, start: float) -> dict:
     os.close(pidfd)
     if killed is None:  # a frame completed by the chunk that broke the output cap does not count
         _new_frames(bufs["res"], frames, None, start, usage)
+    final_cpu, final_peak = _usage(None, usage)
+    for frame in frames:  # frames read while the child was already a zombie: /proc had no counters left
+        if frame["cpu_s"] is None:
+            frame.update(cpu_s=final_cpu, peak_mb=final_peak)
     return _raw_result(status, usage, wall, killed, bufs, frames)
 
 
@@ -315,18 +320,22 @@ def _new_frames(buf: bytearray, frames: list[dict], pid: int | None, start: floa
     return found
 
 
-def _usage(pid: int | None, usage) -> tuple[float, float]:
-    """Cumulative CPU seconds and peak RSS (MB) of a live child from /proc, or of a reaped one from rusage."""
+def _usage(pid: int | None, usage) -> tuple[float | None, float | None]:
+    """Cumulative CPU seconds and peak RSS (MB) of a live child from /proc, or of a reaped one from rusage.
+    (None, None) when the child has already exited: a zombie's /proc entry has no memory counters, and the
+    caller fills such frames from the rusage of wait4."""
     if pid is None:
         return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
         with open(f"/proc/{pid}/status", "rb") as f:
-            hwm = next((line.split()[1] for line in f if line.startswith(b"VmHWM")), b"0")
+            hwm = next((line.split()[1] for line in f if line.startswith(b"VmHWM")), None)
+        if hwm is None:
+            return None, None
         return sum(int(x) for x in fields[11:15]) / _CLK_TCK, int(hwm) / 1024
     except (OSError, IndexError, ValueError):
-        return 0.0, 0.0
+        return None, None
 
 
 def _extend_cpu_limit(pid: int, used_s: float, limit_s: float) -> None:

@@ -96,6 +96,16 @@ def test_outcomes_carry_time_and_memory(sandbox):
     assert j.passed and t.time_s > 0 and t.wall_s >= t.time_s * 0.5 and t.peak_mem_mb > 70
 
 
+def test_fast_programs_still_get_their_counters(sandbox):
+    # A child that exits before its result frame is read leaves a zombie whose /proc entry has no memory
+    # counters; those frames must take the counters of wait4 instead of reporting zeros.
+    jobs = [(asserts(f"assert f(1) == {i + 1}", f"assert f(2) == {i + 2}"), f"def f(x):\n    return x + {i}")
+            for i in range(60)]
+    outcomes = [t for j in sandbox.judge(jobs) for t in j.tests]
+    assert len(outcomes) == 120 and all(t.verdict is Verdict.PASS for t in outcomes)
+    assert all(t.peak_mem_mb > 0 and t.time_s >= 0 for t in outcomes), [t for t in outcomes if t.peak_mem_mb <= 0]
+
+
 def test_mbpp_style_asserts(sandbox):
     problem = asserts("assert f(3) == (0, 1, 2)", "assert set(f(2)) == {0, 1}", "assert not f(0) == [0]",
                       "assert math.isclose(sum(f(3)) / 3, 1.0, rel_tol=1e-9)", "assert abs(len(f(4)) - 4) < 0.5")
