@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -46,13 +48,15 @@ def save_model(path, model: Qwen2ForCausalLM, tokenizer_dir=None) -> Path:
     path = Path(path).absolute()
     if path.exists():
         raise UserError(f"{path}: already exists; choose a new checkpoint directory")
+    if jax.process_count() > 1:  # every host has checked before any starts writing
+        multihost_utils.sync_global_devices(f"save_model {path}")
     args = ocp.args.Composite(
         params=ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
         model_config=ocp.args.JsonSave(config_to_json(model.config)),
     )
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         ckptr.save(path, args=args)
-    if tokenizer_dir is not None:
+    if tokenizer_dir is not None and jax.process_index() == 0:
         (path / "tokenizer").mkdir()
         copy_tokenizer_files(Path(tokenizer_dir), path / "tokenizer")
     return path

@@ -26,12 +26,38 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         prog="algoforge",
         description="Train and evaluate Planner/Coder code agents (AlgoForge) in JAX.",
     )
+    parser.add_argument("--distributed", action="store_true",
+                        help="join a multi-process JAX run (one process per host) before the command: "
+                             "jax.distributed.initialize(), auto-detected on Cloud TPU and SLURM, else from "
+                             "ALGOFORGE_COORDINATOR_ADDRESS, ALGOFORGE_NUM_PROCESSES and ALGOFORGE_PROCESS_ID")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == selected:  # only the chosen command's module is imported
             importlib.import_module(module).configure(p)
     return parser
+
+
+def initialize_distributed() -> None:
+    """One process per host: every process runs the same command and sees the devices of all hosts."""
+    import os
+
+    import jax
+
+    # The CPU/GPU collectives library (gloo) announces its connections on the process's stdout, which must stay
+    # machine-readable (generate prints JSON lines): native writes to fd 1 go to stderr from here on, and Python's
+    # sys.stdout keeps the original stdout.
+    stdout_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = open(stdout_fd, "w", buffering=1, encoding="utf-8", closefd=True)
+    env = {k: os.environ.get(f"ALGOFORGE_{k.upper()}") for k in ("coordinator_address", "num_processes", "process_id")}
+    if any(v is None for v in env.values()):
+        jax.distributed.initialize()  # cluster auto-detection (Cloud TPU, SLURM, Open MPI, ...)
+        return
+    try:
+        jax.distributed.initialize(env["coordinator_address"], int(env["num_processes"]), int(env["process_id"]))
+    except ValueError as e:
+        raise UserError(f"--distributed: ALGOFORGE_NUM_PROCESSES / ALGOFORGE_PROCESS_ID: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
+        if args.distributed:
+            initialize_distributed()
         return int(module.main(args) or 0)
     except UserError as e:
         print(f"algoforge {args.command}: error: {e}", file=sys.stderr)

@@ -81,6 +81,8 @@ def main(args: argparse.Namespace) -> int:
         _int_list(args.prompt_ids, "--prompt-ids")  # fail before anything slow is loaded
     if not args.model.exists():
         raise UserError(f"{args.model}: no such model directory")
+    import jax
+
     from algoforge_jax.sampling import SamplerConfig, make_sampler, sampling_method
 
     try:
@@ -104,6 +106,8 @@ def main(args: argparse.Namespace) -> int:
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (tokenizer.pad_token_id if tokenizer else 0) or 0
     sampler, params = make_sampler(model, mesh, SamplerConfig(args.max_new_tokens, tuple(stops), pad))
     rollout = sampler.generate(params, prompts, method, num_samples=args.num_samples, seed=args.seed)
+    if jax.process_index() != 0:
+        return 0  # every host sampled its part of the batch; one prints the whole of it
     for r in range(len(rollout.lengths)):
         ids = rollout.row_tokens(r)
         print(json.dumps({

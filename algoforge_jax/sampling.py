@@ -300,8 +300,8 @@ class Sampler:
         """Samples `num_samples` continuations of every prompt (token id lists)."""
         start = time.perf_counter()
         state, num_rows = self.run(params, prompts, method, num_samples, seed)
-        out = jax.device_get((state.tokens_BN, state.logprobs_BN, state.model_logprobs_BN, state.finish_B,
-                              state.step))
+        out = [sharding.to_host(x) for x in (state.tokens_BN, state.logprobs_BN, state.model_logprobs_BN,
+                                             state.finish_B, state.step)]
         end = time.perf_counter()
         # decode_steps: model calls made by the decode loop (the prefill chose the first token).
         self.last_stats.update(seconds=end - start, decode_seconds=end - start - self.last_stats["prefill_seconds"],
@@ -318,7 +318,7 @@ class Sampler:
             raise ValueError("every prompt needs at least one token")
         rows = [list(p) for p in prompts for _ in range(num_samples)]
         prompts_BT, valid_BT, live_B = self._pad(rows)
-        put = lambda x: jax.device_put(x, sharding.batch_sharding(self.mesh, self.rules, x.ndim))  # noqa: E731
+        put = lambda x: sharding.from_host(x, sharding.batch_sharding(self.mesh, self.rules, x.ndim))  # noqa: E731
         prefill, decode = self._programs(method)
         start = time.perf_counter()
         with jax.set_mesh(self.mesh):

@@ -16,6 +16,7 @@ from typing import Mapping
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from algoforge_jax.errors import UserError
@@ -131,6 +132,23 @@ def state_shardings(state: nnx.State, rules: Rules, mesh: Mesh):
 def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
     """Sharding of a [batch, ...] array: batch over the rules' batch axes, other dims replicated."""
     return named_sharding(("batch",) + (None,) * (ndim - 1), rules, mesh)
+
+
+def from_host(value: np.ndarray, target: NamedSharding, dtype=None) -> jax.Array:
+    """A global array from a host value that every process holds in full (a memory map will do); each device
+    reads only its own slice, cast to `dtype` there, so no full-size converted copy is ever made.
+
+    Works the same on one host and on many (where `jax.device_put` cannot reach other hosts' devices).
+    """
+    dtype = dtype or value.dtype
+    return jax.make_array_from_callback(value.shape, target, lambda index: np.asarray(value[index], dtype=dtype))
+
+
+def to_host(array: jax.Array) -> np.ndarray:
+    """The whole array as numpy on this host; on a multi-host mesh every process must call it (a collective)."""
+    if array.is_fully_addressable:
+        return np.asarray(jax.device_get(array))
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
 def is_sharded(array: jax.Array) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from algoforge_jax.errors import UserError
@@ -37,6 +36,8 @@ def parse_size(text: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    import jax
+
     from algoforge_jax import checkpoints, sharding
     from algoforge_jax.convert.hf import export_hf, load_hf_model
 
@@ -52,6 +53,7 @@ def main(args: argparse.Namespace) -> int:
         model = checkpoints.load_model(args.ckpt, mesh, sharding.TRAIN_RULES)
         out = export_hf(model, args.out, tokenizer_dir=checkpoints.tokenizer_dir(args.ckpt), dtype=args.dtype,
                         max_shard_bytes=max_shard)
-    print(json.dumps({"out": str(out), "config": model.config.to_hf_config()["architectures"][0],
-                      "layers": model.config.num_hidden_layers}), file=sys.stdout)
+    if jax.process_index() == 0:
+        print(json.dumps({"out": str(out), "config": model.config.to_hf_config()["architectures"][0],
+                          "layers": model.config.num_hidden_layers}))
     return 0

@@ -21,7 +21,6 @@ from typing import Callable, Iterator
 
 import jax
 import ml_dtypes
-from jax.experimental import multihost_utils
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
@@ -175,12 +174,6 @@ def _flat_abstract(abstract: nnx.State) -> dict[str, jax.ShapeDtypeStruct]:
     return {".".join(map(str, path)): leaf for path, leaf in nnx.to_flat_state(abstract)}
 
 
-def _place(host: np.ndarray, target: jax.ShapeDtypeStruct) -> jax.Array:
-    """Puts a host array onto its target sharding; each device reads only its own slice (cast there)."""
-    dtype = target.dtype
-    return jax.make_array_from_callback(target.shape, target.sharding, lambda idx: np.asarray(host[idx], dtype=dtype))
-
-
 def load_hf_state(model_dir: Path, cfg: Qwen2Config, abstract: nnx.State) -> nnx.State:
     """Fills an abstract state from HF safetensors, checking every tensor's name and shape."""
     targets = _flat_abstract(abstract)
@@ -203,7 +196,7 @@ def load_hf_state(model_dir: Path, cfg: Qwen2Config, abstract: nnx.State) -> nnx
                 raise UserError(
                     f"{file}: tensor {name!r} has shape {list(tensor.shape)}, config.json implies {list(expected)}"
                 )
-            loaded[path] = _place(rule.to_jax(tensor, cfg), targets[path])
+            loaded[path] = sharding.from_host(rule.to_jax(tensor, cfg), targets[path].sharding, targets[path].dtype)
     bar.close()
     missing = sorted(jax_to_hf_key(p)[1] for p in targets.keys() - loaded.keys())
     if missing:
@@ -239,7 +232,7 @@ def export_hf(model: Qwen2ForCausalLM, out_dir, *, tokenizer_dir=None, dtype: st
     params = nnx.to_flat_state(nnx.state(model, nnx.Param))
     for path, var in tqdm(params, desc="exporting tensors", unit="tensor", disable=None, leave=False):
         rule, name = jax_to_hf_key(".".join(map(str, path)))
-        host = rule.to_hf(_to_host(var[...]), cfg).astype(np_dtype)
+        host = rule.to_hf(sharding.to_host(var[...]), cfg).astype(np_dtype)
         if size and size + host.nbytes > max_shard_bytes:
             shards.append({})
             size = 0
@@ -255,13 +248,6 @@ def export_hf(model: Qwen2ForCausalLM, out_dir, *, tokenizer_dir=None, dtype: st
     if tokenizer_dir is not None:
         copy_tokenizer_files(Path(tokenizer_dir), out_dir)
     return out_dir
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-    """The whole array on this host; on a multi-host mesh every process joins the gather."""
-    if x.is_fully_addressable:
-        return np.asarray(jax.device_get(x))
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _write_shards(out_dir: Path, shards: list[dict[str, np.ndarray]]) -> None:
