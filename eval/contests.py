@@ -7,10 +7,14 @@ in the problem file (xCodeEval's unittest_db) are deliberately out of scope.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import pathlib
+import pickle
 import re
 import warnings
+import zlib
 from typing import Any
 
 from eval.problems import Problem, Test
@@ -217,16 +221,23 @@ def _livebench_cases(rec: Record, field: str) -> list[dict]:
     return raw
 
 
-def _decode_compressed(rec: Record, field: str, raw: str) -> str:
-    import base64
-    import pickle
-    import zlib
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: a pickle that names any class or function (the way pickles run code) is refused."""
 
-    # LiveCodeBench's own encoding of its private tests; the data file is the user's choice, as for any benchmark.
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _decode_compressed(rec: Record, field: str, raw: str) -> str:
+    # LiveCodeBench's own encoding of its private tests: base64 of zlib of a pickled JSON string. The pickle is
+    # read with an unpickler that can build strings and containers but never import or call anything.
     try:
-        return pickle.loads(zlib.decompress(base64.b64decode(raw.encode())))  # noqa: S301
+        text = _PlainUnpickler(io.BytesIO(zlib.decompress(base64.b64decode(raw.encode())))).load()
     except Exception as e:  # noqa: BLE001 - any failure here means the field is malformed
         raise rec.error(field, f"neither JSON nor LiveCodeBench's compressed encoding ({type(e).__name__})") from None
+    if not isinstance(text, str):
+        raise rec.error(field, f"compressed test cases hold {type(text).__name__}, expected a JSON string")
+    return text
 
 
 def _livebench_test(rec: Record, case: dict, fn_name: str | None, starter: str) -> Test:

@@ -152,6 +152,26 @@ def test_livebench_fixture():
     assert completion.metadata["partial_solution"] == "import sys\ndef main():"
 
 
+def test_livebench_compressed_cases_never_run_code(tmp_path):
+    import base64
+    import json
+    import pickle
+    import zlib
+
+    class Payload:  # what a hostile data file could hold: unpickling it would call os.system
+        def __reduce__(self):
+            import os
+            return os.system, (f"touch {tmp_path / 'pwned'}",)
+
+    row = json.loads((FIXTURES / "livebench_coding.jsonl").read_text().splitlines()[1])
+    row["private_test_cases"] = base64.b64encode(zlib.compress(pickle.dumps(Payload()))).decode()
+    path = tmp_path / "livebench.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(UserError, match="private_test_cases"):
+        load_benchmark("livebench", path)
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_generic_jsonl_fixture():
     add, sum2 = load_benchmark("jsonl", FIXTURES / "problems.jsonl")
     assert add.entry_point == "add" and add.setup_code == "import math"
