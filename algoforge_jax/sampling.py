@@ -279,10 +279,15 @@ class Sampler:
         axes = () if batch_axes is None else (batch_axes,) if isinstance(batch_axes, str) else batch_axes
         self.batch_multiple = int(np.prod([mesh.shape[a] for a in axes]))
         self.traces = 0  # how many times a program was traced (each trace is one compilation)
+        self._compiled: dict = {}  # sampling method -> (prefill, decode), each jitted once per shape bucket
         self.last_stats: dict[str, float] = {}
 
-    @functools.cache
     def _programs(self, method):
+        if method not in self._compiled:
+            self._compiled[method] = self._jit_programs(method)
+        return self._compiled[method]
+
+    def _jit_programs(self, method):
         def counted(fn):
             def traced(*args, **kwargs):
                 self.traces += 1
