@@ -119,8 +119,7 @@ class Sandbox:
                    for w in self._workers[: max(1, min(len(self._workers), len(unique)))]]
         for t in threads:
             t.start()
-        for _ in range(len(unique)):
-            indices, judgement = done.get()
+        for indices, judgement in self._collect(done, threads, len(unique), todo):
             for i in indices:
                 results[i] = judgement
             if progress:
@@ -129,25 +128,59 @@ class Sandbox:
             t.join()
         return results  # type: ignore[return-value]
 
+    @staticmethod
+    def _collect(done, threads, expected: int, todo):
+        """Yields (indices, judgement) as the serving threads finish jobs. If every thread has stopped (its worker
+        could not be restarted) while jobs remain, those jobs are SANDBOX_ERROR: a judge call never hangs."""
+        received = 0
+        while received < expected:
+            try:
+                item = done.get(timeout=1.0)
+            except queue.Empty:
+                if any(t.is_alive() for t in threads):
+                    continue
+                for item in _drain(done):  # what the last threads finished before stopping
+                    received += 1
+                    yield item
+                for indices in _drain(todo):  # what no thread was left to start
+                    received += 1
+                    yield indices, _sandbox_error("no sandbox worker left to run this job")
+                if received < expected:
+                    raise SandboxError(f"{expected - received} job(s) lost by the sandbox workers") from None
+                return
+            received += 1
+            yield item
+
     def _serve(self, worker: "_WorkerProcess", jobs, todo, done, plans) -> None:
         while True:
             try:
                 indices = todo.get_nowait()
             except queue.Empty:
                 return
-            problem, program = jobs[indices[0]]
-            if id(problem) not in plans:
-                plans[id(problem)] = [_plan(t, problem) for t in problem.tests]
             try:
-                judge = _Judge(worker, problem, plans[id(problem)])
-                judgement = judge.run(program)
-                with self._lock:
-                    self.child_runs += judge.runs
+                judgement = self._judge_one(worker, jobs[indices[0]], plans)
             except Exception as e:  # noqa: BLE001 - never let one job take the batch down
-                worker.restart()
-                judgement = Judgement(Verdict.SANDBOX_ERROR, (TestOutcome(Verdict.SANDBOX_ERROR, 0.0, 0.0,
-                                                                         detail=str(e)[:300]),))
+                judgement = _sandbox_error(f"{type(e).__name__}: {e}")
+                warnings.warn(f"sandbox worker {worker.index} restarted after: {str(e)[:200]}", RuntimeWarning,
+                              stacklevel=1)
+                try:
+                    worker.restart()
+                except Exception as e2:  # noqa: BLE001 - this worker is gone; the other threads carry on
+                    done.put((indices, judgement))
+                    warnings.warn(f"sandbox worker {worker.index} could not be restarted: {e2}", RuntimeWarning,
+                                  stacklevel=1)
+                    return
             done.put((indices, judgement))
+
+    def _judge_one(self, worker: "_WorkerProcess", job: tuple[Problem, str], plans: dict) -> Judgement:
+        problem, program = job
+        if id(problem) not in plans:
+            plans[id(problem)] = [_plan(t, problem) for t in problem.tests]
+        judge = _Judge(worker, problem, plans[id(problem)])
+        judgement = judge.run(program)
+        with self._lock:
+            self.child_runs += judge.runs
+        return judgement
 
     def close(self) -> None:
         for w in self._workers:
@@ -158,6 +191,18 @@ class Sandbox:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _drain(q: queue.SimpleQueue):
+    while True:
+        try:
+            yield q.get_nowait()
+        except queue.Empty:
+            return
+
+
+def _sandbox_error(detail: str) -> Judgement:
+    return Judgement(Verdict.SANDBOX_ERROR, (TestOutcome(Verdict.SANDBOX_ERROR, 0.0, 0.0, detail=detail[:300]),))
 
 
 # ---------------------------------------------------------------- test plans
