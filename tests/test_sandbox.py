@@ -1,7 +1,11 @@
 """The sandbox on legitimate programs: verdict categories, output comparison, assert parsing, dedup, the codec."""
 
 import math
+import os
+import signal
 import sys
+import threading
+import time
 
 import pytest
 
@@ -107,9 +111,6 @@ def test_fast_programs_still_get_their_counters(sandbox):
 
 
 def test_a_worker_killed_mid_batch_costs_one_job_not_the_batch():
-    import os
-    import signal
-    import threading
 
     with Sandbox(workers=1) as sb:
         slow = (asserts("assert f(1) == 1", time_limit_s=5.0), "def f(x):\n    while True:\n        pass")
@@ -121,6 +122,23 @@ def test_a_worker_killed_mid_batch_costs_one_job_not_the_batch():
         assert verdicts_ == [Verdict.SANDBOX_ERROR] + [Verdict.PASS] * 3
         assert sb._workers[0].proc.pid != pid  # a fresh worker took over
         assert verdicts(sb, quick) == [Verdict.PASS] * 3
+        uids = {w.uid for w in sb._workers}
+    # The killed worker's child died with it (parent-death signal); the machine's init reaps the zombie soon.
+    deadline = time.monotonic() + 20
+    while _processes_of(uids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_of(uids) == []
+
+
+def _processes_of(uids) -> list[int]:
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid in uids:
+                pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
 
 
 def test_mbpp_style_asserts(sandbox):
