@@ -5,7 +5,7 @@ also gives each step under `WORKDIR/checkpoints/<stage>/<step>`:
 
     CKPT/params/        the parameters as a nested dict of arrays (written shard by shard from every host)
     CKPT/model_config/  the model's config as HF-style JSON plus our dtype fields
-    CKPT/tokenizer/     tokenizer files, when the source had them
+    CKPT/tokenizer/     tokenizer files and generation_config.json, when the source had them
 
 Restore builds the abstract model for the *target* mesh first, so orbax reads each shard straight onto the
 devices that keep it. Optimizer state and training metadata are the training loop's business, not this file's.
@@ -22,7 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from algoforge_jax import sharding
-from algoforge_jax.convert.hf import copy_tokenizer_files, load_hf_model
+from algoforge_jax.convert.hf import copy_sidecar_files, load_hf_model
 from algoforge_jax.errors import UserError
 from algoforge_jax.models.build import abstract_model
 from algoforge_jax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
@@ -58,7 +58,8 @@ def save_model(path, model: Qwen2ForCausalLM, tokenizer_dir=None) -> Path:
         ckptr.save(path, args=args)
     if tokenizer_dir is not None and jax.process_index() == 0:
         (path / "tokenizer").mkdir()
-        copy_tokenizer_files(Path(tokenizer_dir), path / "tokenizer")
+        if not copy_sidecar_files(Path(tokenizer_dir), path / "tokenizer"):
+            (path / "tokenizer").rmdir()
     return path
 
 
@@ -87,6 +88,12 @@ def load_model(path, mesh: Mesh, rules=sharding.SAMPLE_RULES, **overrides) -> Qw
             raise UserError(f"{path / 'params'}: does not match {path / 'model_config'}: {e}") from None
     nnx.replace_by_pure_dict(abstract, restored)
     return nnx.merge(graphdef, abstract)
+
+
+def sidecar_dir(model_path) -> Path:
+    """Where a model directory keeps the files that travel with its weights (tokenizer, generation_config)."""
+    path = Path(model_path)
+    return path / "tokenizer" if is_orbax_checkpoint(path) else path
 
 
 def tokenizer_dir(model_path) -> Path | None:

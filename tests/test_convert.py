@@ -91,6 +91,26 @@ def test_hf_orbax_hf_round_trip_onto_another_mesh_is_bit_exact(sources, mesh8, t
     assert_bit_exact(export_hf(model, tmp_path / "out", dtype="float32"), hf)
 
 
+def test_generation_config_and_tokenizer_travel_through_orbax(sources, mesh8, tmp_path):
+    _, src = sources[False]
+    hf_dir = tmp_path / "hf"
+    shutil.copytree(src, hf_dir)
+    generation = {"eos_token_id": [7, 8], "pad_token_id": 0, "temperature": 0.7, "top_p": 0.8, "do_sample": True}
+    (hf_dir / "generation_config.json").write_text(json.dumps(generation))
+    (hf_dir / "vocab.json").write_text('{"a": 0}')
+    ckpt = checkpoints.save_model(tmp_path / "ckpt", load_hf_model(hf_dir, mesh8, TRAIN_RULES),
+                                  tokenizer_dir=checkpoints.sidecar_dir(hf_dir))
+    out = export_hf(checkpoints.load_model(ckpt, mesh8, TRAIN_RULES), tmp_path / "out",
+                    tokenizer_dir=checkpoints.sidecar_dir(ckpt))
+    assert json.loads((out / "generation_config.json").read_text()) == generation
+    assert (out / "vocab.json").read_text() == '{"a": 0}'
+    assert transformers.GenerationConfig.from_pretrained(out).top_p == 0.8
+    # without a source generation_config, one is written from the model's config
+    plain = export_hf(checkpoints.load_model(ckpt, mesh8, TRAIN_RULES), tmp_path / "plain")
+    assert set(json.loads((plain / "generation_config.json").read_text())) == {"bos_token_id", "eos_token_id",
+                                                                             "pad_token_id"}
+
+
 def test_multi_file_safetensors_load(sources, tmp_path):
     hf, src = sources[False]
     hf.save_pretrained(tmp_path, max_shard_size="100KB")

@@ -47,11 +47,11 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(f"{args.hf}: no config.json; not a Hugging Face model directory")
         overrides = {"param_dtype": args.param_dtype} if args.param_dtype else {}
         model = load_hf_model(args.hf, mesh, sharding.TRAIN_RULES, **overrides)
-        out = checkpoints.save_model(args.out, model, tokenizer_dir=checkpoints.tokenizer_dir(args.hf))
+        out = checkpoints.save_model(args.out, model, tokenizer_dir=checkpoints.sidecar_dir(args.hf))
     else:
         max_shard = parse_size(args.max_shard_size)
         model = checkpoints.load_model(args.ckpt, mesh, sharding.TRAIN_RULES)
-        out = export_hf(model, args.out, tokenizer_dir=checkpoints.tokenizer_dir(args.ckpt), dtype=args.dtype,
+        out = export_hf(model, args.out, tokenizer_dir=checkpoints.sidecar_dir(args.ckpt), dtype=args.dtype,
                         max_shard_bytes=max_shard)
     if jax.process_index() == 0:
         print(json.dumps({"out": str(out), "config": model.config.to_hf_config()["architectures"][0],

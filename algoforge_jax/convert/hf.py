@@ -31,7 +31,10 @@ from algoforge_jax.errors import UserError
 from algoforge_jax.models.build import abstract_model
 from algoforge_jax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM, load_hf_config
 
-TOKENIZER_FILES = (
+# Files that travel with the weights through every conversion: the tokenizer, and the generation defaults
+# (eos ids, sampling settings) that transformers reads from generation_config.json.
+SIDECAR_FILES = (
+    "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "vocab.json",
@@ -221,8 +224,10 @@ def load_hf_model(model_dir, mesh: Mesh, rules=sharding.SAMPLE_RULES, **override
 
 
 def export_hf(model: Qwen2ForCausalLM, out_dir, *, tokenizer_dir=None, dtype: str | None = None,
-              max_shard_bytes: int = 4 << 30, generation_config: dict | None = None) -> Path:
-    """Writes `model` as a Hugging Face directory, one tensor in host memory at a time."""
+              max_shard_bytes: int = 4 << 30) -> Path:
+    """Writes `model` as a Hugging Face directory, one tensor in host memory at a time. The tokenizer files and
+    generation_config.json are copied from `tokenizer_dir` when it has them; else the latter is written from the
+    model's config."""
     cfg = model.config if dtype is None else model.config.replace(checkpoint_dtype=dtype)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -242,11 +247,10 @@ def export_hf(model: Qwen2ForCausalLM, out_dir, *, tokenizer_dir=None, dtype: st
         return out_dir  # every host gathered (collectives need all of them); one writes
     _write_shards(out_dir, shards)
     (out_dir / "config.json").write_text(json.dumps(cfg.to_hf_config(), indent=2) + "\n")
-    gen = generation_config or {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
-                                "pad_token_id": cfg.pad_token_id}
+    gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}
     (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     if tokenizer_dir is not None:
-        copy_tokenizer_files(Path(tokenizer_dir), out_dir)
+        copy_sidecar_files(Path(tokenizer_dir), out_dir)  # the source's own generation_config wins
     return out_dir
 
 
@@ -266,9 +270,9 @@ def _write_shards(out_dir: Path, shards: list[dict[str, np.ndarray]]) -> None:
     (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
 
 
-def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
+def copy_sidecar_files(src: Path, dst: Path) -> list[str]:
     copied = []
-    for name in TOKENIZER_FILES:
+    for name in SIDECAR_FILES:
         if (src / name).exists() and (src / name).resolve() != (dst / name).resolve():
             shutil.copyfile(src / name, dst / name)
             copied.append(name)
