@@ -129,12 +129,11 @@ def _from_hf_config(cls, hf: dict[str, Any], source: str, overrides: dict[str, A
         eos_token_id=hf.get("eos_token_id"),
         pad_token_id=hf.get("pad_token_id"),
     )
-    for name, value in fields.items():
-        if name in ("rope_theta", "rms_norm_eps", "tie_word_embeddings", "checkpoint_dtype"):
-            continue
-        if name.endswith("_size") or name.startswith("num_") or name == "max_position_embeddings":
-            if not isinstance(value, int) or value <= 0:
-                raise UserError(f"{source}: field {name!r} must be a positive integer, got {value!r}")
+    sizes = [n for n in fields if n.endswith("_size") or n.startswith("num_") or n == "max_position_embeddings"]
+    for name in sizes:
+        value = fields[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise UserError(f"{source}: field {name!r} must be a positive integer, got {value!r}")
     try:
         return cls(**{**fields, **overrides})
     except ValueError as e:
