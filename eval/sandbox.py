@@ -9,7 +9,8 @@ wall limits restarting at each step, as upstream harnesses run all asserts in on
 The child receives the program and test *inputs* only (stdin, or call arguments) and sends back what it produced: stdout bytes, or the call's return value serialised to
 plain tagged data (eval/_codec.py). This parent decodes that data and compares it with the expected value, which
 never leaves this process. Asserts of the common shapes are parsed into such calls (eval/judge.py); identical
-(problem, program) pairs in one batch are judged once.
+(problem, program) pairs in one batch are judged once. A job whose worker fails (our fault) is judged once more
+on a fresh worker, with a warning; a second failure is SANDBOX_ERROR. `judge` never waits on a dead worker.
 
 Threat model: what holds against a hostile program, and in which mode.
   Always (any user, any machine):
@@ -157,20 +158,28 @@ class Sandbox:
                 indices = todo.get_nowait()
             except queue.Empty:
                 return
-            try:
-                judgement = self._judge_one(worker, jobs[indices[0]], plans)
-            except Exception as e:  # noqa: BLE001 - never let one job take the batch down
-                judgement = _sandbox_error(f"{type(e).__name__}: {e}")
-                warnings.warn(f"sandbox worker {worker.index} restarted after: {str(e)[:200]}", RuntimeWarning,
-                              stacklevel=1)
+            judgement = None
+            for attempt in range(2):  # a job that hit our own failure is judged once more, on a fresh worker
                 try:
-                    worker.restart()
-                except Exception as e2:  # noqa: BLE001 - this worker is gone; the other threads carry on
-                    done.put((indices, judgement))
-                    warnings.warn(f"sandbox worker {worker.index} could not be restarted: {e2}", RuntimeWarning,
-                                  stacklevel=1)
-                    return
+                    judgement = self._judge_one(worker, jobs[indices[0]], plans)
+                    break
+                except Exception as e:  # noqa: BLE001 - never let one job take the batch down
+                    judgement = _sandbox_error(f"{type(e).__name__}: {e}")
+                    warnings.warn(f"sandbox worker {worker.index} restarted after: {str(e)[:200]}"
+                                  f"{'; judging the job again' if attempt == 0 else ''}", RuntimeWarning, stacklevel=1)
+                    if not self._restart(worker):
+                        done.put((indices, judgement))
+                        return  # this worker is gone; the other threads carry on
             done.put((indices, judgement))
+
+    @staticmethod
+    def _restart(worker: "_WorkerProcess") -> bool:
+        try:
+            worker.restart()
+            return True
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"sandbox worker {worker.index} could not be restarted: {e}", RuntimeWarning, stacklevel=1)
+            return False
 
     def _judge_one(self, worker: "_WorkerProcess", job: tuple[Problem, str], plans: dict) -> Judgement:
         problem, program = job

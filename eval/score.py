@@ -151,24 +151,13 @@ def judge_all(samples: Sequence[Sample], out: pathlib.Path, workers: int | None)
             tqdm(total=len(samples), file=sys.stderr, desc="judging", unit="sample", dynamic_ncols=True) as bar:
         for start in range(0, len(samples), BATCH):
             batch = samples[start : start + BATCH]
-            judgements = _judge_with_retry(sandbox, batch, bar.update)
+            judgements = sandbox.judge([(s.problem, s.program) for s in batch], progress=bar.update)
             batch_rows = [result_line(s, j) for s, j in zip(batch, judgements, strict=True)]
             f.write(_jsonl(batch_rows))
             f.flush()
             os.fsync(f.fileno())
             rows.extend(batch_rows)
     return rows
-
-
-def _judge_with_retry(sandbox, batch: Sequence[Sample], progress) -> list[Judgement]:
-    """Judge `batch`; samples that got SANDBOX_ERROR (our fault, never the program's) are judged once more."""
-    judgements = sandbox.judge([(s.problem, s.program) for s in batch], progress=progress)
-    again = [i for i, j in enumerate(judgements) if j.verdict is Verdict.SANDBOX_ERROR]
-    if again:
-        print(f"algoforge score: {len(again)} sandbox errors, judging those samples again", file=sys.stderr)
-        for i, j in zip(again, sandbox.judge([(batch[i].problem, batch[i].program) for i in again]), strict=True):
-            judgements[i] = j
-    return judgements
 
 
 def main(args: argparse.Namespace) -> int:
