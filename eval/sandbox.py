@@ -111,11 +111,18 @@ class Sandbox:
                 progress and progress(1)
             else:
                 unique.setdefault((id(problem), program), []).append(i)
+        plans = self._plan_all([jobs[indices[0]][0] for indices in unique.values()])
         todo: queue.SimpleQueue = queue.SimpleQueue()
         for indices in unique.values():
-            todo.put(indices)
+            plan = plans[id(jobs[indices[0]][0])]
+            if isinstance(plan, Judgement):  # the tests themselves could not be planned
+                for i in indices:
+                    results[i] = plan
+                progress and progress(len(indices))
+            else:
+                todo.put(indices)
+        unique = {k: v for k, v in unique.items() if not isinstance(plans[k[0]], Judgement)}
         done: queue.SimpleQueue = queue.SimpleQueue()
-        plans: dict[int, list] = {}
         threads = [threading.Thread(target=self._serve, args=(w, jobs, todo, done, plans), daemon=True)
                    for w in self._workers[: max(1, min(len(self._workers), len(unique)))]]
         for t in threads:
@@ -181,10 +188,21 @@ class Sandbox:
             warnings.warn(f"sandbox worker {worker.index} could not be restarted: {e}", RuntimeWarning, stacklevel=1)
             return False
 
+    @staticmethod
+    def _plan_all(problems: Sequence[Problem]) -> dict[int, list | Judgement]:
+        """Test plans of every problem, made here before any serving thread starts: CPython 3.11's `ast` is not
+        safe to use from several threads at once (it raises "AST constructor recursion depth mismatch")."""
+        plans: dict[int, list | Judgement] = {}
+        for problem in problems:
+            if id(problem) not in plans:
+                try:
+                    plans[id(problem)] = [_plan(t, problem) for t in problem.tests]
+                except Exception as e:  # noqa: BLE001 - a test we cannot even read is our failure to report
+                    plans[id(problem)] = _sandbox_error(f"could not plan the tests: {type(e).__name__}: {e}")
+        return plans
+
     def _judge_one(self, worker: "_WorkerProcess", job: tuple[Problem, str], plans: dict) -> Judgement:
         problem, program = job
-        if id(problem) not in plans:
-            plans[id(problem)] = [_plan(t, problem) for t in problem.tests]
         judge = _Judge(worker, problem, plans[id(problem)])
         judgement = judge.run(program)
         with self._lock:

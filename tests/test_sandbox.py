@@ -141,6 +141,12 @@ def _processes_of(uids) -> list[int]:
     return pids
 
 
+def test_an_assert_whose_arguments_raise_runs_in_the_child(sandbox):
+    assert parse_assert("assert f(1 // 0) == 1", "f") is None
+    [j] = sandbox.judge([(asserts("assert f(1 // 0) == 1"), "def f(x):\n    return x")])
+    assert j.verdict is Verdict.RE and "ZeroDivisionError" in j.tests[0].detail
+
+
 def test_mbpp_style_asserts(sandbox):
     problem = asserts("assert f(3) == (0, 1, 2)", "assert set(f(2)) == {0, 1}", "assert not f(0) == [0]",
                       "assert math.isclose(sum(f(3)) / 3, 1.0, rel_tol=1e-9)", "assert abs(len(f(4)) - 4) < 0.5")
