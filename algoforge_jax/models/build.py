@@ -32,11 +32,10 @@ def init_model(cfg: Qwen2Config, mesh: Mesh, rules: sharding.Rules, seed: int = 
     graphdef, abstract = abstract_model(cfg, mesh, rules)
     out_shardings = jax.tree.map(lambda x: x.sharding, abstract)
 
-    @jax.jit
     def create(key):
         return nnx.state(Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(params=key)))
 
-    create = jax.jit(create.__wrapped__, out_shardings=out_shardings)
+    create = jax.jit(create, out_shardings=out_shardings)
     with jax.set_mesh(mesh):
         state = create(jax.random.key(seed))
     return nnx.merge(graphdef, state)
