@@ -113,6 +113,7 @@ class Sandbox:
                 unique.setdefault((id(problem), program), []).append(i)
         plans = self._plan_all([jobs[indices[0]][0] for indices in unique.values()])
         todo: queue.SimpleQueue = queue.SimpleQueue()
+        queued = 0
         for indices in unique.values():
             plan = plans[id(jobs[indices[0]][0])]
             if isinstance(plan, Judgement):  # the tests themselves could not be planned
@@ -121,13 +122,13 @@ class Sandbox:
                 progress and progress(len(indices))
             else:
                 todo.put(indices)
-        unique = {k: v for k, v in unique.items() if not isinstance(plans[k[0]], Judgement)}
+                queued += 1
         done: queue.SimpleQueue = queue.SimpleQueue()
         threads = [threading.Thread(target=self._serve, args=(w, jobs, todo, done, plans), daemon=True)
-                   for w in self._workers[: max(1, min(len(self._workers), len(unique)))]]
+                   for w in self._workers[: max(1, min(len(self._workers), queued))]]
         for t in threads:
             t.start()
-        for indices, judgement in self._collect(done, threads, len(unique), todo):
+        for indices, judgement in self._collect(done, threads, queued, todo):
             for i in indices:
                 results[i] = judgement
             if progress:
