@@ -256,8 +256,11 @@ def drop_privileges(uid: int) -> None:
 
 def set_oom_score_adj(value: int) -> None:
     """1000: the OOM killer picks this process first (raising needs no privilege; lowering would)."""
-    with open("/proc/self/oom_score_adj", "w") as f:
-        f.write(str(value))
+    fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)  # no file object: this runs in every test process
+    try:
+        os.write(fd, str(value).encode())
+    finally:
+        os.close(fd)
 
 
 def die_with_parent() -> None:

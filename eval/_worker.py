@@ -23,7 +23,6 @@ import io  # noqa: E402
 import json  # noqa: E402
 import pickle  # noqa: E402
 import resource  # noqa: E402
-import secrets  # noqa: E402
 import selectors  # noqa: E402
 import signal  # noqa: E402
 import struct  # noqa: E402
@@ -91,6 +90,9 @@ class Worker:
             _jail.enter_namespaces(needed)
             self.protections.update(net_namespace=True, mount_namespace=True, read_only_root=_jail.read_only_root())
         self.base = _jail.make_scratch_base()
+        self.tmp = os.path.join(self.base, "run")  # each run's cwd, made afresh and removed after the run
+        _set_child_environment(self.tmp)  # inherited by every child, like the signal dispositions below
+        _default_signals()
         self.cgroup = _jail.MemoryCgroup.create(config["cgroup_name"])
         if self.cgroup:  # the worker lives in the cgroup it limits; its children are the OOM killer's first pick
             self.cgroup.join()
@@ -106,7 +108,6 @@ class Worker:
             _jail.become_subreaper()
         self.protections["pid_namespace"] = self.init_pid is not None
         self.source = self.code = self.loaded = None
-        self.runs = 0
 
     def _start_pid_namespace(self) -> None:
         """The next child becomes pid 1 of a new pid namespace: a reaper that, on request, kills everything else
@@ -142,8 +143,7 @@ class Worker:
         loaded = self.load(spec["source"])
         if not loaded["ok"]:
             return {"ce": loaded["detail"]}
-        self.runs += 1
-        tmp = os.path.join(self.base, f"run{self.runs}")
+        tmp = self.tmp
         os.mkdir(tmp, 0o700)
         if self.uid is not None:
             os.chown(tmp, self.uid, self.uid)
@@ -160,7 +160,7 @@ class Worker:
             self._set_memory_limit(limits)
         stdin_fd = _stdin_fd(spec.get("input"))
         pipes = {name: os.pipe() for name in ("out", "err", "res", "tok")}
-        token = secrets.token_bytes(16)
+        token = os.urandom(16)  # (not `secrets`: it loads OpenSSL into every fork)
         _write_all(pipes["tok"][1], token)  # before the fork: the child may be gone before we could write
         start = time.monotonic()
         pid = os.fork()
@@ -207,8 +207,12 @@ class Worker:
         _run_user_code(self.code, spec)
 
     def _contain(self, tmp, limits, stdin_fd, pipes) -> None:
+        """Everything here runs once per test, in a fresh copy of the worker: each first touch of a page of the
+        warm heap costs a copy-on-write fault, so the steps are the cheapest kernel-level ones (the environment
+        and signal dispositions are already right in the worker, and inherited)."""
         os.setsid()
-        _jail.die_with_parent()
+        if self.init_pid is None:  # in a pid namespace the kernel kills us when its init (the reaper) dies
+            _jail.die_with_parent()
         _jail.set_oom_score_adj(1000)
         os.chdir(tmp)
         sources = (stdin_fd, pipes["out"][1], pipes["err"][1], pipes["res"][1], pipes["tok"][0])
@@ -216,17 +220,27 @@ class Worker:
         for target, fd in zip((0, 1, 2, FD_RESULT, FD_TOKEN), high):
             os.dup2(fd, target)
         os.closerange(FD_TOKEN + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-        os.environ.clear()
-        os.environ.update(CHILD_ENV, TMPDIR=tmp)
         memory = None if self.cgroup else _address_space_limit(limits["memory_mb"])
         _jail.set_rlimits(limits["time_s"], memory, limits["nproc"], limits["fsize"], limits["nofile"])
         if self.uid is not None:
             _jail.drop_privileges(self.uid)
-        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.set_int_max_str_digits(0)  # huge ints print as they did before Python 3.11
         _fresh_stdio()
+
+
+def _set_child_environment(tmp: str) -> None:
+    """The worker's own environment becomes the scrubbed one its children inherit. (The worker needs none of
+    what it was started with once its imports are done.)"""
+    os.environ.clear()
+    os.environ.update(CHILD_ENV, TMPDIR=tmp)
+
+
+def _default_signals() -> None:
+    """Dispositions as a fresh `python` has them, whatever ignored signals our own parent passed down through exec
+    (say SIGHUP under nohup)."""
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _address_space_limit(memory_mb: int) -> int:

@@ -75,7 +75,7 @@ def parse_assert(code: str, entry_point: str | None = None) -> list[Check] | Non
         if not isinstance(stmt, ast.Assert):
             return None
         try:
-            check = _parse_test(stmt.test, alias, entry_point)
+            check = _parse_test(stmt.test, alias, entry_point, code)
         except Unsupported:
             return None
         except Exception:  # noqa: BLE001 - e.g. `f(1 // 0)`: the child runs it and meets the same error
@@ -112,14 +112,14 @@ def _is_noise(stmt: ast.stmt) -> bool:
     return isinstance(stmt, ast.Assert) and isinstance(stmt.test, ast.Constant) and stmt.test.value is True
 
 
-def _parse_test(test: ast.expr, alias: dict[str, str], entry_point: str | None) -> Check | None:
+def _parse_test(test: ast.expr, alias: dict[str, str], entry_point: str | None, code: str) -> Check | None:
     found: list[tuple[ast.Call, Probe]] = []
     _find_probes(ast.Expr(value=test), alias, entry_point, found)
     if not found:
         raise Unsupported("no call of the program's function")
     _Eval({id(n): None for n, _ in found}, 0.0, dry=True).eval(test)
     nodes, probes = zip(*found)
-    return Check(probes, nodes, test, ast.unparse(test))
+    return Check(probes, nodes, test, ast.get_source_segment(code, test) or ast.unparse(test))
 
 
 def _find_probes(node: ast.AST, alias: dict[str, str], entry_point: str | None, out: list) -> None:

@@ -3,6 +3,7 @@
 import math
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -98,6 +99,26 @@ def test_outcomes_carry_time_and_memory(sandbox):
     [j] = sandbox.judge([(stdio("", "ok"), "x = [0] * 10**7\nprint('ok')")])
     [t] = j.tests
     assert j.passed and t.time_s > 0 and t.wall_s >= t.time_s * 0.5 and t.peak_mem_mb > 70
+
+
+def test_each_run_starts_fresh_environment_cwd_and_signals():
+    """A scrubbed environment, an empty temp dir as cwd whatever the previous run left there, PYTHONHASHSEED=0,
+    and default signal dispositions even when our own process ignores one (as under nohup)."""
+    from eval._worker import CHILD_ENV
+
+    program = ("import os, signal\nprint(sorted(os.environ))\nprint(os.getcwd() == os.environ['TMPDIR'], os.listdir('.'))\n"
+               "print(signal.getsignal(signal.SIGHUP) == signal.SIG_DFL, signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n"
+               "print(hash('algoforge'))\nopen('left-behind', 'w').write('x')\n")
+    seeded = subprocess.run([sys.executable, "-c", "print(hash('algoforge'))"], env={"PYTHONHASHSEED": "0"},
+                            capture_output=True, text=True, check=True).stdout
+    expected = f"{sorted([*CHILD_ENV, 'TMPDIR'])}\nTrue []\nTrue True\n{seeded}"
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with Sandbox(workers=1) as sb:
+            judgements = sb.judge([(stdio("", expected), program + f"# run {i}") for i in range(3)])
+    finally:
+        signal.signal(signal.SIGHUP, old)
+    assert [j.verdict for j in judgements] == [Verdict.PASS] * 3, [j.tests[0].detail for j in judgements]
 
 
 def test_fast_programs_still_get_their_counters(sandbox):
