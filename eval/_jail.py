@@ -157,6 +157,7 @@ class MemoryCgroup:
 
     def __init__(self, path: str, v2: bool):
         self.path, self.v2 = path, v2
+        self._fds: dict[str, int] = {}
         self._limit = "memory.max" if v2 else "memory.limit_in_bytes"
 
     @classmethod
@@ -180,8 +181,11 @@ class MemoryCgroup:
             f.write(value)
 
     def _read(self, name: str) -> str:
-        with open(os.path.join(self.path, name)) as f:
-            return f.read()
+        """Counters read after every run: each file is opened once and re-read in place."""
+        fd = self._fds.get(name)
+        if fd is None:
+            fd = self._fds[name] = os.open(os.path.join(self.path, name), os.O_RDONLY | os.O_CLOEXEC)
+        return os.pread(fd, 1 << 16, 0).decode()
 
     def set_limit(self, nbytes: int) -> None:
         if not self.v2:
@@ -212,11 +216,11 @@ class MemoryCgroup:
                 return int(value)
         return int(self._read("memory.failcnt")) if not self.v2 else 0
 
-    def remove(self) -> None:
-        try:
-            os.rmdir(self.path)
-        except OSError:
-            pass
+    def close(self) -> None:
+        """Close the counter files (the directory itself is removed by whoever created the worker)."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 def _memory_cgroup_bases() -> list[tuple[str, bool]]:

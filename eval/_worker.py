@@ -123,6 +123,8 @@ class Worker:
         self.init_pid = pid
 
     def close(self) -> None:
+        if self.cgroup:
+            self.cgroup.close()
         _jail.remove_tree(self.base)  # the cgroup is removed by the parent: we are still in it
 
     # -------------------------------------------------------- ops
@@ -279,6 +281,7 @@ def _collect(pid: int, fds: dict[str, int], limits: dict, start: float) -> dict:
     bufs = {name: bytearray() for name in fds}
     frames: list[dict] = []
     pidfd = os.pidfd_open(pid)
+    live = _LiveCounters(pid)
     sel = selectors.DefaultSelector()
     for name, fd in fds.items():
         os.set_blocking(fd, False)
@@ -297,7 +300,7 @@ def _collect(pid: int, fds: dict[str, int], limits: dict, start: float) -> dict:
         for key, _ in events:
             if not _drain(key.fd, bufs[key.data], caps[key.data], sel):
                 killed = "output"
-        if killed is None and _new_frames(bufs["res"], frames, pid, start):
+        if killed is None and _new_frames(bufs["res"], frames, live.read, start):
             deadline = time.monotonic() + limits["wall_s"]
             if frames[-1]["cpu_s"] is not None:
                 _extend_cpu_limit(pid, frames[-1]["cpu_s"], limits["time_s"])
@@ -310,23 +313,24 @@ def _collect(pid: int, fds: dict[str, int], limits: dict, start: float) -> dict:
         os.close(fd)
     sel.close()
     os.close(pidfd)
+    live.close()
+    final_cpu, final_peak = usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
     if killed is None:  # a frame completed by the chunk that broke the output cap does not count
-        _new_frames(bufs["res"], frames, None, start, usage)
-    final_cpu, final_peak = _usage(None, usage)
+        _new_frames(bufs["res"], frames, lambda: (final_cpu, final_peak), start)
     for frame in frames:  # frames read while the child was already a zombie: /proc had no counters left
         if frame["cpu_s"] is None:
             frame.update(cpu_s=final_cpu, peak_mb=final_peak)
     return _raw_result(status, usage, wall, killed, bufs, frames)
 
 
-def _new_frames(buf: bytearray, frames: list[dict], pid: int | None, start: float, usage=None) -> bool:
-    """Cut complete frames (8-byte length + payload) off the result buffer; stamp each with the counters."""
+def _new_frames(buf: bytearray, frames: list[dict], counters, start: float) -> bool:
+    """Cut complete frames (8-byte length + payload) off the result buffer; stamp each with `counters()`."""
     found = False
     while len(buf) >= 8:
         (n,) = struct.unpack("<Q", buf[:8])
         if len(buf) < 8 + n:
             break
-        cpu, peak = _usage(pid, usage)
+        cpu, peak = counters()
         frames.append({"data": bytes(buf[8:8 + n]), "cpu_s": cpu, "wall_s": time.monotonic() - start,
                        "peak_mb": peak})
         del buf[:8 + n]
@@ -334,22 +338,32 @@ def _new_frames(buf: bytearray, frames: list[dict], pid: int | None, start: floa
     return found
 
 
-def _usage(pid: int | None, usage) -> tuple[float | None, float | None]:
-    """Cumulative CPU seconds and peak RSS (MB) of a live child from /proc, or of a reaped one from rusage.
-    (None, None) when the child has already exited: a zombie's /proc entry has no memory counters, and the
-    caller fills such frames from the rusage of wait4."""
-    if pid is None:
-        return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        with open(f"/proc/{pid}/status", "rb") as f:
-            hwm = next((line.split()[1] for line in f if line.startswith(b"VmHWM")), None)
-        if hwm is None:
+class _LiveCounters:
+    """Cumulative CPU seconds and peak RSS (MB) of a live child, from its /proc files: opened once per run (the
+    pid is ours until we reap it) and re-read in place at each frame. (None, None) once the child has exited: a
+    zombie's /proc entry has no memory counters, and the caller fills such frames from the rusage of wait4."""
+
+    def __init__(self, pid: int):
+        try:
+            self.fds = (os.open(f"/proc/{pid}/stat", os.O_RDONLY), os.open(f"/proc/{pid}/status", os.O_RDONLY))
+        except OSError:
+            self.fds = ()
+
+    def read(self) -> tuple[float | None, float | None]:
+        try:
+            stat, status = (os.pread(fd, 8192, 0) for fd in self.fds)
+            fields = stat.rsplit(b")", 1)[1].split()
+            at = status.find(b"\nVmHWM:")
+            if at < 0:
+                return None, None
+            hwm = int(status[at + 7:status.index(b"\n", at + 1)].split()[0])
+            return sum(int(x) for x in fields[11:15]) / _CLK_TCK, hwm / 1024
+        except (OSError, IndexError, ValueError):
             return None, None
-        return sum(int(x) for x in fields[11:15]) / _CLK_TCK, int(hwm) / 1024
-    except (OSError, IndexError, ValueError):
-        return None, None
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
 
 
 def _extend_cpu_limit(pid: int, used_s: float, limit_s: float) -> None:
