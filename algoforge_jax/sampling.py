@@ -86,13 +86,19 @@ class Sample:
 _BLOCK = 128
 
 
+def _block_max(x_BV: jax.Array) -> jax.Array:
+    """Maximum of each 128-entry block of the last axis: [B, V/128]."""
+    B, V = x_BV.shape
+    return x_BV.reshape(B, V // _BLOCK, _BLOCK).max(axis=-1)
+
+
 def blocked_argmax(x_BV: jax.Array) -> jax.Array:
     """jnp.argmax over the last axis (first maximal index), in two cheap passes when V is a multiple of 128."""
     B, V = x_BV.shape
     if V % _BLOCK:
         return jnp.argmax(x_BV, axis=-1).astype(jnp.int32)
     blocks_BNC = x_BV.reshape(B, V // _BLOCK, _BLOCK)
-    block_B = jnp.argmax(blocks_BNC.max(axis=-1), axis=-1)
+    block_B = jnp.argmax(_block_max(x_BV), axis=-1)
     inner_BC = jnp.take_along_axis(blocks_BNC, block_B[:, None, None], axis=1)[:, 0]
     return (block_B * _BLOCK + jnp.argmax(inner_BC, axis=-1)).astype(jnp.int32)
 
@@ -121,6 +127,20 @@ def blocked_categorical(logp_BV: jax.Array, rng: jax.Array) -> jax.Array:
     u_B1 = u_B1 - (_pick(cdf_BN, block_B) - _pick(mass_BN, block_B))[:, None]
     token_B = _first_above(jnp.cumsum(inner_BC, axis=-1), u_B1, inner_BC)
     return (block_B * _BLOCK + token_B).astype(jnp.int32)
+
+
+def logsumexp(x_BV: jax.Array) -> jax.Array:
+    """log(sum(exp(x))) over the last axis, its maximum taken from the block maxima: the same expression as in
+    blocked_argmax, which XLA computes once for both, so a greedy step reads the logits twice instead of three
+    times."""
+    B, V = x_BV.shape
+    if V % _BLOCK:
+        m_B = x_BV.max(axis=-1)
+    else:  # picked, not reduced: XLA folds a max of block maxima back into a full pass of its own
+        max_BN = _block_max(x_BV)
+        m_B = _pick(max_BN, jnp.argmax(max_BN, axis=-1))
+    m_B = jax.lax.stop_gradient(m_B)
+    return m_B + jnp.log(jnp.sum(jnp.exp(x_BV - m_B[:, None]), axis=-1))
 
 
 def _pick(x_BV: jax.Array, tokens_B: jax.Array) -> jax.Array:
@@ -182,7 +202,7 @@ def _record(state: SampleState, logits_BV, method, cfg: SamplerConfig, rng) -> S
     """Samples one token per row from `logits_BV` and appends it to the state."""
     tokens_B, logp_B = method.get_next_tokens(logits_BV, rng)
     # log_softmax at one token only: no [B, V] log-prob array is written for it.
-    model_logp_B = _pick(logits_BV, tokens_B) - jax.nn.logsumexp(logits_BV, axis=-1)
+    model_logp_B = _pick(logits_BV, tokens_B) - logsumexp(logits_BV)
     live_B = ~state.done_B
     tokens_B = jnp.where(live_B, tokens_B, cfg.pad_token_id)
     stop_B = jnp.isin(tokens_B, jnp.asarray(cfg.stop_token_ids, jnp.int32)) & live_B

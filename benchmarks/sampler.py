@@ -62,6 +62,42 @@ def bandwidth_utilisation(cfg, batch: int, prompt_len: int, new_tokens: int, ste
     return gbps, gbps / peak_gbps
 
 
+def decode_flops_per_token(cfg, cache_len: float) -> float:
+    """Arithmetic a decode step must do per row: every weight matrix once (2 FLOPs a weight; the embedding is
+    a lookup) plus attention scores and the weighted sum over `cache_len` cached tokens."""
+    from algoforge_jax.models.qwen2 import parameter_count
+
+    table = cfg.vocab_size * cfg.hidden_size
+    matmul_weights = parameter_count(cfg) - table + (table if cfg.tie_word_embeddings else 0)  # the head, always
+    attention = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_size * cache_len
+    return 2 * matmul_weights + attention
+
+
+def measured_matmul_flops() -> tuple[float, str]:
+    """This machine's fp32 matrix-multiply rate (FLOP/s): the best of JAX and torch on a 1024^3 product."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    a = np.random.default_rng(0).standard_normal((1024, 1024), np.float32)
+    rates = {}
+    ja = jnp.asarray(a)
+    f = jax.jit(lambda x: x @ x)
+    ta = torch.from_numpy(a)
+    for name, run in (("jax", lambda: f(ja).block_until_ready()), ("torch", lambda: ta @ ta)):
+        run()
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(4):
+                run()
+            best = min(best, (time.perf_counter() - start) / 4)
+        rates[name] = 2 * 1024**3 / best
+    name = max(rates, key=rates.get)
+    return rates[name], name
+
+
 # ------------------------------------------------------------------------------------------------- runs
 
 
@@ -131,10 +167,10 @@ def cpu(args) -> None:
         model = load_hf_model(tmp, mesh)
     sampler, params = make_sampler(model, mesh, SamplerConfig(args.new_tokens, stop_token_ids=()))
     for batch in args.batch or [64, 8]:
-        _compare(sampler, params, hf, batch, threads, args)
+        _compare(sampler, params, hf, model.config, batch, threads, args)
 
 
-def _compare(sampler, params, hf, batch: int, threads: int, args) -> None:
+def _compare(sampler, params, hf, cfg, batch: int, threads: int, args) -> None:
     import numpy as np
 
     prompts = _prompts(batch, args.prompt_len, hf.config.vocab_size)
@@ -147,6 +183,14 @@ def _compare(sampler, params, hf, batch: int, threads: int, args) -> None:
           f" {stats['decode_seconds'] / max(stats['decode_steps'], 1) * 1e3:.2f} ms/decode step)")
     print(f"  transformers   {total / torch_s:9.1f} tokens/s  ({torch_s:.3f} s)")
     print(f"  ratio          {torch_s / ours_s:9.2f}x   (greedy tokens equal to transformers': {agree:.1%})")
+    # The arithmetic floor: no fp32 implementation on this machine decodes faster than its matmul rate allows
+    # (prefill is left out, which only favours the bound).
+    rate, source = measured_matmul_flops()
+    mean_prompt = float(np.mean([len(p) for p in prompts]))
+    flops = batch * sum(decode_flops_per_token(cfg, mean_prompt + t) for t in range(args.new_tokens))
+    floor_s = flops / rate
+    print(f"  floor          {total / floor_s:9.1f} tokens/s  ({floor_s:.3f} s of fp32 arithmetic at this machine's "
+          f"{rate / 1e9:.0f} GFLOP/s ({source}, 1024^3 matmul)): at most {torch_s / floor_s:.2f}x transformers")
 
 
 def gpu(args) -> None:
