@@ -344,12 +344,16 @@ class _LiveCounters:
     zombie's /proc entry has no memory counters, and the caller fills such frames from the rusage of wait4."""
 
     def __init__(self, pid: int):
+        self.fds: list[int] = []
         try:
-            self.fds = (os.open(f"/proc/{pid}/stat", os.O_RDONLY), os.open(f"/proc/{pid}/status", os.O_RDONLY))
-        except OSError:
-            self.fds = ()
+            for name in ("stat", "status"):
+                self.fds.append(os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:  # not expected while the pid is unreaped; then every frame takes wait4's counters
+            self.close()
 
     def read(self) -> tuple[float | None, float | None]:
+        if len(self.fds) != 2:
+            return None, None
         try:
             stat, status = (os.pread(fd, 8192, 0) for fd in self.fds)
             fields = stat.rsplit(b")", 1)[1].split()
@@ -364,6 +368,7 @@ class _LiveCounters:
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)
+        self.fds = []
 
 
 def _extend_cpu_limit(pid: int, used_s: float, limit_s: float) -> None:
