@@ -7,6 +7,9 @@ excluded (one warm-up run each, then the best of `--repeats` timed runs); torch 
 
     .venv/bin/python benchmarks/sampler.py                      # prints tokens/s of both and the ratio
 
+It also prints two floors measured in the same run, which no fp32 implementation on this machine can beat: the
+run's FLOPs at the best matmul rate of JAX and torch, and the vocabulary-head product alone at its best rate.
+
 GPU: random-init Qwen2.5-1.5B and 7B in bfloat16 at batch 1, 64 and 256; prints decode tokens/s and the memory
 bandwidth utilisation of a decode step, (weight bytes + KV-cache bytes a step must read) / step time / peak.
 
@@ -73,19 +76,19 @@ def decode_flops_per_token(cfg, cache_len: float) -> float:
     return 2 * matmul_weights + attention
 
 
-def measured_matmul_flops() -> tuple[float, str]:
-    """This machine's fp32 matrix-multiply rate (FLOP/s): the best of JAX and torch on a 1024^3 product."""
+def fastest_matmul(m: int, k: int, n: int) -> tuple[float, str]:
+    """Seconds of the fastest fp32 [m, k] @ [k, n] product on this machine, the best of JAX and torch, and which."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
     import torch
 
-    a = np.random.default_rng(0).standard_normal((1024, 1024), np.float32)
-    rates = {}
-    ja = jnp.asarray(a)
-    f = jax.jit(lambda x: x @ x)
-    ta = torch.from_numpy(a)
-    for name, run in (("jax", lambda: f(ja).block_until_ready()), ("torch", lambda: ta @ ta)):
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+    ja, jb = jax.numpy.asarray(a), jax.numpy.asarray(b)
+    f = jax.jit(lambda x, y: x @ y)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    times = {}
+    for name, run in (("jax", lambda: f(ja, jb).block_until_ready()), ("torch", lambda: ta @ tb)):
         run()
         best = float("inf")
         for _ in range(5):
@@ -93,9 +96,9 @@ def measured_matmul_flops() -> tuple[float, str]:
             for _ in range(4):
                 run()
             best = min(best, (time.perf_counter() - start) / 4)
-        rates[name] = 2 * 1024**3 / best
-    name = max(rates, key=rates.get)
-    return rates[name], name
+        times[name] = best
+    name = min(times, key=times.get)
+    return times[name], name
 
 
 # ------------------------------------------------------------------------------------------------- runs
@@ -183,14 +186,22 @@ def _compare(sampler, params, hf, cfg, batch: int, threads: int, args) -> None:
           f" {stats['decode_seconds'] / max(stats['decode_steps'], 1) * 1e3:.2f} ms/decode step)")
     print(f"  transformers   {total / torch_s:9.1f} tokens/s  ({torch_s:.3f} s)")
     print(f"  ratio          {torch_s / ours_s:9.2f}x   (greedy tokens equal to transformers': {agree:.1%})")
-    # The arithmetic floor: no fp32 implementation on this machine decodes faster than its matmul rate allows
-    # (prefill is left out, which only favours the bound).
-    rate, source = measured_matmul_flops()
+    # Two floors no fp32 implementation on this machine can beat (prefill left out, which only favours them):
+    # all of the run's arithmetic at the machine's best matmul rate, and the vocabulary head alone, a product
+    # every decode step must compute in full (greedy needs every logit's value, GRPO the logsumexp).
+    square_s, square_src = fastest_matmul(1024, 1024, 1024)
+    rate = 2 * 1024**3 / square_s
     mean_prompt = float(np.mean([len(p) for p in prompts]))
     flops = batch * sum(decode_flops_per_token(cfg, mean_prompt + t) for t in range(args.new_tokens))
     floor_s = flops / rate
-    print(f"  floor          {total / floor_s:9.1f} tokens/s  ({floor_s:.3f} s of fp32 arithmetic at this machine's "
-          f"{rate / 1e9:.0f} GFLOP/s ({source}, 1024^3 matmul)): at most {torch_s / floor_s:.2f}x transformers")
+    print(f"  floor          {total / floor_s:9.1f} tokens/s  ({floor_s:.3f} s: the run's {flops / 1e9:.0f} GFLOP at "
+          f"this machine's {rate / 1e9:.0f} GFLOP/s ({square_src}, 1024^3 matmul)): "
+          f"at most {torch_s / floor_s:.2f}x transformers")
+    head_s, head_src = fastest_matmul(batch, cfg.hidden_size, cfg.vocab_size)
+    head_floor_s = head_s * args.new_tokens
+    print(f"  head floor     {total / head_floor_s:9.1f} tokens/s  ({head_s * 1e3:.2f} ms a step for the [{batch}, "
+          f"{cfg.hidden_size}] @ [{cfg.hidden_size}, {cfg.vocab_size}] head alone, {head_src}): "
+          f"at most {torch_s / head_floor_s:.2f}x transformers")
 
 
 def gpu(args) -> None:
