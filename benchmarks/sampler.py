@@ -66,14 +66,21 @@ def bandwidth_utilisation(cfg, batch: int, prompt_len: int, new_tokens: int, ste
 
 
 def decode_flops_per_token(cfg, cache_len: float) -> float:
-    """Arithmetic a decode step must do per row: every weight matrix once (2 FLOPs a weight; the embedding is
-    a lookup) plus attention scores and the weighted sum over `cache_len` cached tokens."""
-    from algoforge_jax.models.qwen2 import parameter_count
+    """Arithmetic a decode step must do per row in its matrix products: every weight matrix once (2 FLOPs a
+    weight; the embedding table is a lookup unless it is also the head) plus attention scores and the weighted sum
+    over `cache_len` cached tokens. Biases and norms (a few FLOPs per hidden unit) are left out."""
+    import jax
+    from flax import nnx
 
-    table = cfg.vocab_size * cfg.hidden_size
-    matmul_weights = parameter_count(cfg) - table + (table if cfg.tie_word_embeddings else 0)  # the head, always
+    from algoforge_jax.models.qwen2 import Qwen2ForCausalLM
+
+    model = nnx.eval_shape(lambda: Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(0)))
+    leaves = jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
+    matrices = sum(x.size for path, x in leaves if not any(k in jax.tree_util.keystr(path) for k in ("bias", "norm")))
+    if not cfg.tie_word_embeddings:
+        matrices -= cfg.vocab_size * cfg.hidden_size  # the input table: looked up, not multiplied
     attention = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_size * cache_len
-    return 2 * matmul_weights + attention
+    return 2 * matrices + attention
 
 
 def fastest_matmul(m: int, k: int, n: int) -> tuple[float, str]:
