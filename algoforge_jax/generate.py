@@ -55,9 +55,9 @@ def _read_prompts_file(path: Path) -> list[dict]:
     return rows
 
 
-def encode_prompts(args, tokenizer) -> list[list[int]]:
-    if args.prompt_ids is not None:
-        return [_int_list(args.prompt_ids, "--prompt-ids")]
+def encode_prompts(args, tokenizer, prompt_ids: list[int] | None = None) -> list[list[int]]:
+    if prompt_ids is not None:
+        return [prompt_ids]
     rows = [{"prompt": args.prompt}] if args.prompt is not None else _read_prompts_file(args.prompts_file)
     if tokenizer is None and any("prompt_ids" not in r for r in rows):
         raise UserError(f"{args.model}: text prompts need a tokenizer, and the model directory has none")
@@ -77,8 +77,9 @@ def encode_prompts(args, tokenizer) -> list[list[int]]:
 def main(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1 or args.num_samples < 1:
         raise UserError("--max-new-tokens and --num-samples must be at least 1")
-    if args.prompt_ids is not None:
-        _int_list(args.prompt_ids, "--prompt-ids")  # fail before anything slow is loaded
+    # Flags parsed before anything slow is loaded, so a typo fails at once.
+    prompt_ids = _int_list(args.prompt_ids, "--prompt-ids") if args.prompt_ids is not None else None
+    stop_ids = _int_list(args.stop_ids, "--stop-ids") if args.stop_ids else None
     if not args.model.exists():
         raise UserError(f"{args.model}: no such model directory")
     import jax
@@ -93,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
     from algoforge_jax.tokenizer import load_tokenizer, stop_token_ids
 
     tokenizer = load_tokenizer(args.model) if checkpoints.tokenizer_dir(args.model) else None
-    prompts = encode_prompts(args, tokenizer)
+    prompts = encode_prompts(args, tokenizer, prompt_ids)
     mesh = sharding.make_mesh()
     model = checkpoints.load_pretrained(args.model, mesh, sharding.SAMPLE_RULES, dtype=args.dtype)
     cfg = model.config
@@ -101,8 +102,7 @@ def main(args: argparse.Namespace) -> int:
     if too_long:
         raise UserError(f"prompt {too_long[0]}: prompt + --max-new-tokens exceeds the model's "
                         f"max_position_embeddings ({cfg.max_position_embeddings})")
-    stops = _int_list(args.stop_ids, "--stop-ids") if args.stop_ids else (
-        stop_token_ids(tokenizer, cfg.eos_token_id) if tokenizer else tuple(_as_list(cfg.eos_token_id)))
+    stops = stop_ids or stop_token_ids(tokenizer, cfg.eos_token_id)
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (tokenizer.pad_token_id if tokenizer else 0) or 0
     sampler, params = make_sampler(model, mesh, SamplerConfig(args.max_new_tokens, tuple(stops), pad))
     rollout = sampler.generate(params, prompts, method, num_samples=args.num_samples, seed=args.seed)
@@ -123,6 +123,3 @@ def main(args: argparse.Namespace) -> int:
           f"({stats['new_tokens'] / max(stats['seconds'], 1e-9):.1f} tokens/s, compile included)", file=sys.stderr)
     return 0
 
-
-def _as_list(x) -> list[int]:
-    return [] if x is None else [x] if isinstance(x, int) else list(x)

@@ -22,9 +22,10 @@ def load_tokenizer(path):
 
 
 def stop_token_ids(tokenizer, model_eos=None) -> tuple[int, ...]:
-    """EOS ids to stop on: the model's generation eos (int or list) plus the tokenizer's eos and <|im_end|>."""
+    """EOS ids to stop on: the model's generation eos (int or list) plus, with a tokenizer, its eos and
+    <|im_end|>."""
     ids = [model_eos] if isinstance(model_eos, int) else list(model_eos or [])
-    for token in (tokenizer.eos_token, "<|im_end|>", "<|endoftext|>"):
+    for token in (tokenizer.eos_token, "<|im_end|>", "<|endoftext|>") if tokenizer else ():
         tid = tokenizer.convert_tokens_to_ids(token) if token else None
         if isinstance(tid, int) and tid != tokenizer.unk_token_id:
             ids.append(tid)

@@ -225,9 +225,9 @@ def load_hf_model(model_dir, mesh: Mesh, rules=sharding.SAMPLE_RULES, **override
 
 def export_hf(model: Qwen2ForCausalLM, out_dir, *, tokenizer_dir=None, dtype: str | None = None,
               max_shard_bytes: int = 4 << 30) -> Path:
-    """Writes `model` as a Hugging Face directory, one tensor in host memory at a time. The tokenizer files and
-    generation_config.json are copied from `tokenizer_dir` when it has them; else the latter is written from the
-    model's config."""
+    """Writes `model` as a Hugging Face directory. Every process gathers each tensor (a collective), process 0
+    alone converts, keeps and writes them. The tokenizer files and generation_config.json are copied from
+    `tokenizer_dir` when it has them; else the latter is written from the model's config."""
     cfg = model.config if dtype is None else model.config.replace(checkpoint_dtype=dtype)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -235,16 +235,20 @@ def export_hf(model: Qwen2ForCausalLM, out_dir, *, tokenizer_dir=None, dtype: st
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
     params = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    writer = jax.process_index() == 0
     for path, var in tqdm(params, desc="exporting tensors", unit="tensor", disable=None, leave=False):
         rule, name = jax_to_hf_key(".".join(map(str, path)))
-        host = rule.to_hf(sharding.to_host(var[...]), cfg).astype(np_dtype)
+        gathered = sharding.to_host(var[...])  # on every process, in the same order
+        if not writer:
+            continue
+        host = rule.to_hf(gathered, cfg).astype(np_dtype)
         if size and size + host.nbytes > max_shard_bytes:
             shards.append({})
             size = 0
         shards[-1][name] = np.ascontiguousarray(host)
         size += host.nbytes
-    if jax.process_index() != 0:
-        return out_dir  # every host gathered (collectives need all of them); one writes
+    if not writer:
+        return out_dir
     _write_shards(out_dir, shards)
     (out_dir / "config.json").write_text(json.dumps(cfg.to_hf_config(), indent=2) + "\n")
     gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}
