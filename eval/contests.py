@@ -254,11 +254,15 @@ def _livebench_test(rec: Record, case: dict, fn_name: str | None, starter: str) 
 
 
 def _livebench_meta(rec: Record) -> tuple[dict, str]:
-    original = rec.get("original_json", (dict, str), {})
-    if isinstance(original, str):
-        original = json.loads(original) if original.strip() else {}
+    original = rec.json_field("original_json", {})
+    if not isinstance(original, dict):
+        raise rec.error("original_json", f"expected an object, got {type(original).__name__}")
     meta = original.get("metadata") or rec.data.get("metadata") or {}
-    meta = json.loads(meta) if isinstance(meta, str) and meta.strip() else meta or {}
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta) if meta.strip() else {}
+        except json.JSONDecodeError as e:
+            raise rec.error("metadata", f"not valid JSON ({e.msg})") from None
     starter = original.get("starter_code") or rec.data.get("starter_code") or ""
     return meta, starter
 

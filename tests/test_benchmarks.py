@@ -223,6 +223,11 @@ def test_upstream_format_errors(tmp_path):
     (tmp_path / "s.json").write_text('{"task_id": 1}')
     with pytest.raises(UserError, match="s.json: expected a JSON array"):
         load_benchmark("mbpp-sanitized", tmp_path / "s.json")
+    live = json.loads((FIXTURES / "livebench_coding.jsonl").read_text().splitlines()[0])
+    with pytest.raises(UserError, match=r"lb.jsonl:1: field 'original_json': not valid JSON"):
+        load_benchmark("livebench", _write(tmp_path, [{**live, "original_json": "{bad"}], "lb.jsonl"))
+    with pytest.raises(UserError, match=r"lb2.jsonl:1: field 'original_json': expected an object, got list"):
+        load_benchmark("livebench", _write(tmp_path, [{**live, "original_json": "[1]"}], "lb2.jsonl"))
 
 
 def test_registry_errors(tmp_path):
