@@ -1,10 +1,10 @@
-"""Reading JSON-lines files with the location (file:line) every error message names."""
+"""JSON-lines text: reading with the location (file:line) every error message names, and writing."""
 
 from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,3 +26,8 @@ def read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
             except json.JSONDecodeError as e:
                 raise UserError(f"{path.name}:{lineno}: not valid JSON ({e.msg})") from None
             yield f"{path.name}:{lineno}", value
+
+
+def jsonl_text(rows: Iterable[Any]) -> str:
+    """The JSON-lines text of `rows`: one JSON value per line."""
+    return "".join(json.dumps(r) + "\n" for r in rows)

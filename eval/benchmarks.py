@@ -231,6 +231,10 @@ class Benchmark:
                  splits: tuple[str, ...] = ("all",)):
         self.loader, self.default_path, self.splits = loader, default_path, splits
 
+    @property
+    def default_split(self) -> str:
+        return self.splits[0]
+
 
 BENCHMARKS: dict[str, Benchmark] = {
     "mbpp": Benchmark(load_mbpp, "mbpp/mbpp.jsonl", (*MBPP_SPLITS, "all")),
@@ -257,7 +261,7 @@ def load_benchmark(name: str, path: str | pathlib.Path | None = None, split: str
     if path is None and bench.default_path is None:
         raise UserError(f"benchmark {name!r} has no bundled data; give its file with --problems")
     file = pathlib.Path(path) if path is not None else DATA_DIR / bench.default_path
-    problems = bench.loader(file, split or bench.splits[0])
+    problems = bench.loader(file, split or bench.default_split)
     _check_unique(problems)
     return problems
 

@@ -70,8 +70,8 @@ def summarize(results: Sequence[Mapping[str, Any]], ks: Sequence[int] = (1, 5, 1
         counts[r["task_id"]][1] += bool(r["passed"])
     verdicts = collections.Counter(r["verdict"] for r in results)
     passing = [r for r in results if r["passed"]]
-    mi_all = [maintainability_index(r["program"]) for r in results if r.get("program")]
-    mi_pass = [maintainability_index(r["program"]) for r in passing if r.get("program")]
+    mi = [(maintainability_index(r["program"]), r["passed"]) for r in results if r.get("program")]
+    mi_all, mi_pass = [m for m, _ in mi], [m for m, passed in mi if passed]
     n_per_task = [n for n, _ in counts.values()]
     return {
         "n_tasks": len(counts),

@@ -10,11 +10,11 @@ without a reference (xCodeEval, LiveBench, MapCoder's APPS subset) are left out,
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
 from algoforge_jax.errors import UserError
+from algoforge_jax.jsonl import jsonl_text
 from eval.benchmarks import BENCHMARKS, load_benchmark
 
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"reference_samples: error: {e}", file=sys.stderr)
         return 2
-    args.out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    args.out.write_text(jsonl_text(rows), encoding="utf-8")
     print(f"wrote {len(rows)} reference samples to {args.out}", file=sys.stderr)
     return 0
 

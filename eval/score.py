@@ -18,10 +18,11 @@ import os
 import pathlib
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from algoforge_jax.errors import UserError
+from algoforge_jax.jsonl import jsonl_text
 from eval.benchmarks import BENCHMARKS, load_benchmark
 from eval.extract import extract_program
 from eval.metrics import summarize
@@ -136,10 +137,6 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _jsonl(rows: Iterable[dict]) -> str:
-    return "".join(json.dumps(r) + "\n" for r in rows)
-
-
 def judge_all(samples: Sequence[Sample], out: pathlib.Path, workers: int | None) -> list[dict]:
     """Judge `samples`, appending each batch's results to `out` (flushed, fsync'd) as it completes."""
     from tqdm import tqdm
@@ -153,7 +150,7 @@ def judge_all(samples: Sequence[Sample], out: pathlib.Path, workers: int | None)
             batch = samples[start : start + BATCH]
             judgements = sandbox.judge([(s.problem, s.program) for s in batch], progress=bar.update)
             batch_rows = [result_line(s, j) for s, j in zip(batch, judgements, strict=True)]
-            f.write(_jsonl(batch_rows))
+            f.write(jsonl_text(batch_rows))
             f.flush()
             os.fsync(f.fileno())
             rows.extend(batch_rows)
@@ -171,14 +168,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"algoforge score: resuming, {len(done)} of {len(samples)} samples already in {args.out}",
               file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.out, _jsonl(done.values()))  # drops stale lines and a half-written last line
+    write_atomic(args.out, jsonl_text(done.values()))  # drops stale lines and a half-written last line
     start = time.perf_counter()
     todo = [s for s in samples if s.key not in done]
-    for row in judge_all(todo, args.out, args.workers) if todo else []:
-        done[(row["task_id"], row["sample_index"])] = row
+    if todo:  # judge_all keeps the order of `todo`
+        done.update(zip((s.key for s in todo), judge_all(todo, args.out, args.workers), strict=True))
     wall_s = time.perf_counter() - start
     results = [done[s.key] for s in samples]
-    write_atomic(args.out, _jsonl(results))  # final file in sample order
+    write_atomic(args.out, jsonl_text(results))  # final file in sample order
     summary = _summary(args, problems, samples, results, len(todo), wall_s, ks)
     write_atomic(args.out.with_suffix(".summary.json"), json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
@@ -188,7 +185,7 @@ def main(args: argparse.Namespace) -> int:
 def _summary(args, problems, samples, results, n_judged, wall_s, ks) -> dict[str, Any]:
     with_programs = [{**r, "program": s.program} for r, s in zip(results, samples, strict=True)]
     return {
-        "benchmark": args.benchmark, "split": args.split or BENCHMARKS[args.benchmark].splits[0],
+        "benchmark": args.benchmark, "split": args.split or BENCHMARKS[args.benchmark].default_split,
         "benchmark_tasks": len(problems),
         **summarize(with_programs, ks),
         "judged_now": n_judged, "judge_wall_s": round(wall_s, 3),
