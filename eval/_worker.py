@@ -174,7 +174,7 @@ class Worker:
         os.close(pipes["tok"][0])
         raw = _collect(pid, {n: pipes[n][0] for n in ("out", "err", "res")}, limits, start)
         raw["token_ok"] = [f["data"] for f in raw["frames"]] == [b"T" + token]
-        self._sweep(pid)
+        self._sweep()
         if self.cgroup:  # only our children run in the cgroup, so the count after the last run is the baseline
             oom_kills, self.oom_kills = self.oom_kills, self.cgroup.oom_kills()
             raw["oom"] = self.oom_kills > oom_kills
@@ -189,7 +189,7 @@ class Worker:
             self.cgroup.set_limit(limit)
             self.memory_limit = limit
 
-    def _sweep(self, pid: int) -> None:
+    def _sweep(self) -> None:
         """Kill whatever the test left running: orphans, double-forked daemons, fork-bomb remains."""
         if self.init_pid is not None:
             os.write(self.cmd_w, b"s")
