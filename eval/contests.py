@@ -99,11 +99,12 @@ def _apps_selected150(rec: Record) -> Problem:
         if not (isinstance(case, dict) and isinstance(case.get("input"), str) and isinstance(case.get("output"), list)):
             raise rec.error(f"test_list[{i}]", "expected {input: str, output: [...]}")
         tests.append(make_test(rec, "test_list", type="stdio", input=case["input"], output=_text(case["output"])))
-    statement = _apps_statement(rec.get("description", str), "")
+    description = rec.get("description", str)
     if starter.strip():
-        statement = (f"{rec.get('description', str).strip()}\n\nWrite this function:\n"
-                     f"```python\n{starter.strip()}\n```\n"
+        statement = (f"{description.strip()}\n\nWrite this function:\n```python\n{starter.strip()}\n```\n"
                      "Then read its arguments from standard input, one per line, call it and print what it returns.")
+    else:
+        statement = _apps_statement(description, "")
     return make_problem(
         rec, task_id=f"APPS/{rec.get('name', str)}", prompt=statement, tests=tuple(tests), time_limit_s=4.0,
         metadata={"difficulty": rec.get("difficulty", str, ""), "starter_code": starter},
