@@ -61,15 +61,19 @@ class Sample:
     def log_probs(self, logits_BV: jax.Array) -> jax.Array:
         """Log-probabilities of the distribution tokens are drawn from (-inf outside the kept set)."""
         logits_BV = logits_BV.astype(jnp.float32) / self.temperature
+        top_BK = None  # the candidates for top-p, most likely first
         if self.top_k and self.top_k < logits_BV.shape[-1]:
-            kth_B1 = jax.lax.top_k(logits_BV, self.top_k)[0][:, -1:]
-            logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+            top_BK = jax.lax.top_k(logits_BV, self.top_k)[0]
+            logits_BV = jnp.where(logits_BV < top_BK[:, -1:], -jnp.inf, logits_BV)
         if self.top_p < 1.0:
-            sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
-            probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+            if top_BK is None:
+                top_BK = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+            # After top-k only its k values can carry mass: no sort of the whole vocabulary. (Tokens tied with
+            # the k-th share its value, so they cannot move the cutoff; the normaliser still counts them.)
+            probs_BK = jnp.exp(top_BK - jax.nn.logsumexp(logits_BV, axis=-1, keepdims=True))
             # Keep a token if the mass of the tokens strictly more likely than it is still below top_p.
-            mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
-            cutoff_B1 = jnp.min(jnp.where(mass_before_BV < self.top_p, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+            mass_before_BK = jnp.cumsum(probs_BK, axis=-1) - probs_BK
+            cutoff_B1 = jnp.min(jnp.where(mass_before_BK < self.top_p, top_BK, jnp.inf), axis=-1, keepdims=True)
             logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
         return jax.nn.log_softmax(logits_BV, axis=-1)
 
@@ -249,10 +253,11 @@ def _constrain(state: SampleState, mesh: Mesh, rules: sharding.Rules) -> SampleS
 def _prefill(graphdef, params, prompts_BT, valid_BT, live_B, rng, *, method, cfg: SamplerConfig, layout):
     model = nnx.merge(graphdef, params)
     B, T = prompts_BT.shape
-    cache = KVCache.init(model.config, B, T + cfg.max_new_tokens)
+    N = cfg.max_new_tokens
+    cache = KVCache.init(model.config, B, T + N)
     hidden_BTD, cache = model.hidden_states(prompts_BT, valid_BT, cache)
     logits_BV = model.logits(hidden_BTD[:, -1:])[:, 0]
-    N = cfg.max_new_tokens
+    rng, step_rng = jax.random.split(rng)
     state = SampleState(
         step=jnp.zeros((), jnp.int32),
         tokens_BN=jnp.full((B, N), cfg.pad_token_id, jnp.int32),
@@ -264,8 +269,7 @@ def _prefill(graphdef, params, prompts_BT, valid_BT, live_B, rng, *, method, cfg
         cache=cache,
         rng=rng,
     )
-    rng, step_rng = jax.random.split(rng)
-    return layout(_record(dataclasses.replace(state, rng=rng), logits_BV, method, cfg, step_rng))
+    return layout(_record(state, logits_BV, method, cfg, step_rng))
 
 
 def _decode(graphdef, params, state: SampleState, *, method, cfg: SamplerConfig, layout) -> SampleState:
@@ -295,9 +299,7 @@ class Sampler:
 
     def __init__(self, graphdef, mesh: Mesh, cfg: SamplerConfig, rules: sharding.Rules = sharding.SAMPLE_RULES):
         self.graphdef, self.mesh, self.cfg, self.rules = graphdef, mesh, cfg, rules
-        batch_axes = sharding.logical_to_spec(("batch",), rules, mesh)[0]
-        axes = () if batch_axes is None else (batch_axes,) if isinstance(batch_axes, str) else batch_axes
-        self.batch_multiple = int(np.prod([mesh.shape[a] for a in axes]))
+        self.batch_multiple = sharding.batch_shards(mesh, rules)
         self.traces = 0  # how many times a program was traced (each trace is one compilation)
         self._compiled: dict = {}  # sampling method -> (prefill, decode), each jitted once per shape bucket
         self.last_stats: dict[str, float] = {}
@@ -367,10 +369,9 @@ class Sampler:
 
     def _rollout(self, tokens, logprobs, model_logprobs, finish, *, num_rows: int, num_samples: int) -> Rollout:
         tokens, logprobs, model_logprobs, finish = (x[:num_rows] for x in (tokens, logprobs, model_logprobs, finish))
-        lengths = np.zeros(num_rows, np.int64)
-        stop = np.isin(tokens, self.cfg.stop_token_ids)
-        for r in range(num_rows):
-            lengths[r] = (np.argmax(stop[r]) + 1) if finish[r] == 1 else self.cfg.max_new_tokens
+        # A stopped row ends at its first stop token (included); every other row used the whole budget.
+        first_stop = np.argmax(np.isin(tokens, self.cfg.stop_token_ids), axis=1) + 1
+        lengths = np.where(finish == 1, first_stop, self.cfg.max_new_tokens).astype(np.int64)
         rows = np.arange(num_rows)
         self.last_stats["new_tokens"] = float(lengths.sum())
         return Rollout(tokens, lengths, logprobs, model_logprobs, [FINISH_REASONS[f] for f in finish],

@@ -129,6 +129,11 @@ def state_shardings(state: nnx.State, rules: Rules, mesh: Mesh):
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def batch_shards(mesh: Mesh, rules: Rules) -> int:
+    """How many ways the batch axis is split: batch sizes must be multiples of it."""
+    return math.prod(mesh.shape[a] for a in _mesh_axes(logical_to_spec(("batch",), rules, mesh)[0]))
+
+
 def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
     """Sharding of a [batch, ...] array: batch over the rules' batch axes, other dims replicated."""
     return named_sharding(("batch",) + (None,) * (ndim - 1), rules, mesh)
