@@ -14,32 +14,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import transformers
-from flax import nnx
 
 from algoforge_jax import sharding
 from algoforge_jax.convert.hf import load_hf_model
 from algoforge_jax.sampling import (Greedy, Sample, SamplerConfig, blocked_argmax, blocked_categorical, make_sampler,
                                     sampling_method)
 from algoforge_jax.tokenizer import BUNDLED_QWEN25
+from hf_tiny import forward, one_device_mesh, save_hf_model
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [[5, 17, 300, 42, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [777], [64, 128, 256, 512, 999, 0, 3, 8, 1]]
 NEW = 10
-
-
-def _hf_model(path, seed: int, **overrides) -> transformers.Qwen2ForCausalLM:
-    """A random fp32 HF Qwen2 saved to `path`; init range 0.1 so logits are O(1) and tolerances mean something."""
-    kwargs = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False, initializer_range=0.1)
-    torch.manual_seed(seed)
-    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**{**kwargs, **overrides})).eval()
-    model.save_pretrained(path)
-    return model
-
-
-def _one_device():
-    return sharding.make_mesh(sharding.MeshConfig(), devices=jax.devices()[:1])
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +33,8 @@ def models(tmp_path_factory):
     out = {}
     for tied in (False, True):
         path = tmp_path_factory.mktemp(f"hf_tied{tied}")
-        hf = _hf_model(path, seed=int(tied), tie_word_embeddings=tied)
-        out[tied] = (hf, path, load_hf_model(path, _one_device()))
+        hf = save_hf_model(path, seed=int(tied), tie_word_embeddings=tied)
+        out[tied] = (hf, path, load_hf_model(path, one_device_mesh()))
     return out
 
 
@@ -59,7 +44,7 @@ def samplers(models):
     (they use batches of 4 and 8 rows with prompts of at most 16 tokens: one bucket pair per method)."""
     out = {}
     for tied, (_, _, model) in models.items():
-        sampler, params = make_sampler(model, _one_device(), SamplerConfig(max_new_tokens=NEW, stop_token_ids=()))
+        sampler, params = make_sampler(model, one_device_mesh(), SamplerConfig(max_new_tokens=NEW, stop_token_ids=()))
         out[tied] = (sampler, params, model)
     return out
 
@@ -94,11 +79,6 @@ def test_greedy_matches_transformers_with_mixed_prompt_lengths(models, samplers,
 # ------------------------------------------------------------------------------------------------ logprobs
 
 
-@jax.jit
-def _forward(graphdef, state, tokens_BT, valid_BT):
-    return nnx.merge(graphdef, state)(tokens_BT, valid_BT)[0]
-
-
 def _full_forward_logits(model, rows) -> list[np.ndarray]:
     """For each (prompt, generated) row, the logits [len(generated), V] predicting each generated token, from
     one uncached forward pass over prompt + generated (rows right-padded to one length: a single compile)."""
@@ -107,7 +87,7 @@ def _full_forward_logits(model, rows) -> list[np.ndarray]:
     for i, (prompt, generated) in enumerate(rows):
         seq = list(prompt) + list(generated)
         tokens_BT[i, : len(seq)], valid_BT[i, : len(seq)] = seq, True
-    logits = np.asarray(_forward(*nnx.split(model), tokens_BT, valid_BT))
+    logits = np.asarray(forward(model, tokens_BT, valid_BT))
     return [logits[i, len(p) - 1 : len(p) + len(g) - 1] for i, (p, g) in enumerate(rows)]
 
 
@@ -226,7 +206,7 @@ def test_stop_tokens_end_rows_at_different_steps(untied):
     assert {reason for _, reason in expected} == {"eos", "length"}, "test setup: need rows of both kinds"
     assert len({n for n, reason in expected if reason == "eos"}) > 1, "test setup: need different stop steps"
 
-    sampler, _ = make_sampler(model, _one_device(), SamplerConfig(NEW, tuple(map(int, stops)), pad_token_id=0))
+    sampler, _ = make_sampler(model, one_device_mesh(), SamplerConfig(NEW, tuple(map(int, stops)), pad_token_id=0))
     rollout = sampler.generate(params, PROMPTS)
     assert [(int(n), f) for n, f in zip(rollout.lengths, rollout.finish_reason)] == expected
     for r, (n, reason) in enumerate(expected):
@@ -240,7 +220,7 @@ def test_stop_tokens_end_rows_at_different_steps(untied):
 @pytest.mark.parametrize("budget", [1, 3])
 def test_max_new_tokens_limits_every_row(untied, budget):
     _, params, model = untied
-    sampler, _ = make_sampler(model, _one_device(), SamplerConfig(max_new_tokens=budget, stop_token_ids=()))
+    sampler, _ = make_sampler(model, one_device_mesh(), SamplerConfig(max_new_tokens=budget, stop_token_ids=()))
     rollout = sampler.generate(params, PROMPTS, Sample(1.0), seed=0)
     assert rollout.tokens.shape == (len(PROMPTS), budget)
     assert rollout.lengths.tolist() == [budget] * len(PROMPTS)
@@ -283,7 +263,7 @@ def test_groups_are_independent_and_recovered_by_reshape(untied):
 
 def test_no_recompile_within_a_bucket_and_none_for_new_weights(models):
     model = models[False][2]
-    sampler, params = make_sampler(model, _one_device(), SamplerConfig(max_new_tokens=4, stop_token_ids=()))
+    sampler, params = make_sampler(model, one_device_mesh(), SamplerConfig(max_new_tokens=4, stop_token_ids=()))
     sampler.generate(params, [[1, 2, 3], [4] * 9, [5] * 16])  # batch 3 -> 4, length 16 -> 16
     assert sampler.traces == 2  # one prefill and one decode program
     first = sampler.generate(params, [[1] * 2, [2] * 15, [3] * 7, [4] * 11])  # batch 4, lengths <= 16
@@ -310,7 +290,7 @@ def test_sharded_greedy_equals_one_device(models):
     mesh8 = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, tensor=2))
     model8 = load_hf_model(path, mesh8)
     cfg = SamplerConfig(max_new_tokens=NEW, stop_token_ids=())
-    s1, p1 = make_sampler(model1, _one_device(), cfg)
+    s1, p1 = make_sampler(model1, one_device_mesh(), cfg)
     s8, p8 = make_sampler(model8, mesh8, cfg)
     prompts = PROMPTS + PROMPTS[:2]  # 6 rows -> a batch of 8, two rows per (data, fsdp) shard
     np.testing.assert_array_equal(s8.generate(p8, prompts).tokens, s1.generate(p1, prompts).tokens)
@@ -330,7 +310,7 @@ def test_sharded_greedy_equals_one_device(models):
 def cli_model(tmp_path_factory):
     """A tiny HF model with the Qwen2.5 vocabulary (so text prompts work) and the bundled tokenizer beside it."""
     path = tmp_path_factory.mktemp("cli_model")
-    hf = _hf_model(path, seed=5, vocab_size=151936, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+    hf = save_hf_model(path, seed=5, vocab_size=151936, hidden_size=32, intermediate_size=64, num_attention_heads=2,
                    num_key_value_heads=1, tie_word_embeddings=True)
     for f in BUNDLED_QWEN25.iterdir():
         if f.name != "SOURCE.md":
