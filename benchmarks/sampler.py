@@ -176,11 +176,12 @@ def cpu(args) -> None:
         hf.save_pretrained(tmp)
         model = load_hf_model(tmp, mesh)
     sampler, params = make_sampler(model, mesh, SamplerConfig(args.new_tokens, stop_token_ids=()))
+    square_s, square_src = fastest_matmul(1024, 1024, 1024)  # the machine's rate, whatever the batch
     for batch in args.batch or [64, 8]:
-        _compare(sampler, params, hf, model.config, batch, threads, args)
+        _compare(sampler, params, hf, model.config, batch, threads, args, (2 * 1024**3 / square_s, square_src))
 
 
-def _compare(sampler, params, hf, cfg, batch: int, threads: int, args) -> None:
+def _compare(sampler, params, hf, cfg, batch: int, threads: int, args, matmul_rate: tuple[float, str]) -> None:
     import numpy as np
 
     prompts = _prompts(batch, args.prompt_len, hf.config.vocab_size)
@@ -196,10 +197,10 @@ def _compare(sampler, params, hf, cfg, batch: int, threads: int, args) -> None:
     # Two floors no fp32 implementation on this machine can beat (prefill left out, which only favours them):
     # all of the run's arithmetic at the machine's best matmul rate, and the vocabulary head alone, a product
     # every decode step must compute in full (greedy needs every logit's value, GRPO the logsumexp).
-    square_s, square_src = fastest_matmul(1024, 1024, 1024)
-    rate = 2 * 1024**3 / square_s
+    rate, square_src = matmul_rate
     mean_prompt = float(np.mean([len(p) for p in prompts]))
-    flops = batch * sum(decode_flops_per_token(cfg, mean_prompt + t) for t in range(args.new_tokens))
+    # Linear in the cache length, so the run's total is the count at the mean length times the steps.
+    flops = batch * args.new_tokens * decode_flops_per_token(cfg, mean_prompt + (args.new_tokens - 1) / 2)
     floor_s = flops / rate
     print(f"  floor          {total / floor_s:9.1f} tokens/s  ({floor_s:.3f} s: the run's {flops / 1e9:.0f} GFLOP at "
           f"this machine's {rate / 1e9:.0f} GFLOP/s ({square_src}, 1024^3 matmul)): "
