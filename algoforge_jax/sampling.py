@@ -1,10 +1,15 @@
 """Batched, jitted sampling with a KV cache: the rollout engine of both agents.
 
 `Sampler.generate` left-pads a batch of prompts into a (batch, length) bucket, runs one jitted prefill that fills
-the KV cache and picks each row's first token, then one jitted decode program: a `jax.lax.while_loop` over an
+the KV cache and picks each row's first token, then jitted decode programs: each a `jax.lax.while_loop` over an
 explicit `SampleState` pytree that stops as soon as every row has finished. The state (cache included) is
-donated to the decode program, so XLA updates the cache in place. Model weights are an argument of both
-programs, never a constant in them: new policy weights after an RL step reuse the compiled programs.
+donated to the decode program, so XLA updates the cache in place. Model weights are an argument of every
+program, never a constant in them: new policy weights after an RL step reuse the compiled programs.
+
+Decoding runs in segments (`SamplerConfig.first_segment`): the cache starts with room for the prompt and
+`first_segment` new tokens and doubles its room for new tokens each time it fills, up to `max_new_tokens`. A
+decode step reads the whole cache, so its cost follows what has been generated rather than the full budget; a
+segment is only compiled and run if some row is still going when the previous one ends.
 
 Each sampled token's log-probability is kept twice: under the distribution it was drawn from (temperature,
 top-k, top-p applied) and under the plain model (`model_logprobs`), which is what GRPO's ratio needs.
@@ -168,6 +173,21 @@ class SamplerConfig:
     pad_token_id: int = 0
     min_prompt_bucket: int = 16  # prompt lengths are padded up to a power of two at least this
     min_batch_bucket: int = 1  # batch sizes are padded up to a power of two at least this
+    first_segment: int = 32  # room for new tokens in the first decode segment, doubled per segment; 0: one segment
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1 or self.first_segment < 0:
+            raise ValueError(f"need max_new_tokens >= 1 and first_segment >= 0, got {self.max_new_tokens} and "
+                             f"{self.first_segment}")
+
+    @property
+    def segments(self) -> tuple[int, ...]:
+        """Room for new tokens in each decode segment's cache: first_segment, twice that, ..., max_new_tokens."""
+        caps, cap = [], self.first_segment or self.max_new_tokens
+        while cap < self.max_new_tokens:
+            caps.append(cap)
+            cap *= 2
+        return (*caps, self.max_new_tokens)
 
 
 @jax.tree_util.register_dataclass
@@ -254,7 +274,7 @@ def _prefill(graphdef, params, prompts_BT, valid_BT, live_B, rng, *, method, cfg
     model = nnx.merge(graphdef, params)
     B, T = prompts_BT.shape
     N = cfg.max_new_tokens
-    cache = KVCache.init(model.config, B, T + N)
+    cache = KVCache.init(model.config, B, T + cfg.segments[0])
     hidden_BTD, cache = model.hidden_states(prompts_BT, valid_BT, cache)
     logits_BV = model.logits(hidden_BTD[:, -1:])[:, 0]
     rng, step_rng = jax.random.split(rng)
@@ -272,11 +292,17 @@ def _prefill(graphdef, params, prompts_BT, valid_BT, live_B, rng, *, method, cfg
     return layout(_record(state, logits_BV, method, cfg, step_rng))
 
 
-def _decode(graphdef, params, state: SampleState, *, method, cfg: SamplerConfig, layout) -> SampleState:
+def _running(s: SampleState, cfg: SamplerConfig) -> jax.Array:
+    return (s.step < cfg.max_new_tokens) & ~jnp.all(s.done_B)
+
+
+def _decode(graphdef, params, state: SampleState, *, method, cfg: SamplerConfig, layout):
+    """Decodes until every row is done or the cache is full: (state, whether any row is still going)."""
     model = nnx.merge(graphdef, params)
 
     def cond(s: SampleState):
-        return (s.step < cfg.max_new_tokens) & ~jnp.all(s.done_B)
+        # A step writes the previous token at slot `end`, so a cache of S slots takes steps while end < S.
+        return _running(s, cfg) & (s.cache.end < s.cache.size)
 
     def body(s: SampleState):
         hidden_B1D, cache = model.hidden_states(s.last_B[:, None], None, s.cache)
@@ -284,7 +310,12 @@ def _decode(graphdef, params, state: SampleState, *, method, cfg: SamplerConfig,
         s = dataclasses.replace(s, cache=cache, rng=rng)
         return layout(_record(s, model.logits(hidden_B1D)[:, 0], method, cfg, step_rng))
 
-    return jax.lax.while_loop(cond, body, state)
+    state = jax.lax.while_loop(cond, body, state)
+    return state, _running(state, cfg)
+
+
+def _grow(state: SampleState, *, size: int, layout) -> SampleState:
+    return layout(dataclasses.replace(state, cache=state.cache.grow(size)))
 
 
 def _bucket(n: int, minimum: int) -> int:
@@ -301,7 +332,7 @@ class Sampler:
         self.graphdef, self.mesh, self.cfg, self.rules = graphdef, mesh, cfg, rules
         self.batch_multiple = sharding.batch_shards(mesh, rules)
         self.traces = 0  # how many times a program was traced (each trace is one compilation)
-        self._compiled: dict = {}  # sampling method -> (prefill, decode), each jitted once per shape bucket
+        self._compiled: dict = {}  # sampling method -> (prefill, decode, grow), each jitted once per shape
         self.last_stats: dict[str, float] = {}
 
     def _programs(self, method):
@@ -318,9 +349,13 @@ class Sampler:
 
             return traced
 
+        def grow(state, size):
+            self.traces += 1
+            return _grow(state, size=size, layout=functools.partial(_constrain, mesh=self.mesh, rules=self.rules))
+
         prefill = jax.jit(counted(_prefill))
         decode = jax.jit(counted(_decode), donate_argnums=(1,))
-        return prefill, decode
+        return prefill, decode, jax.jit(grow, static_argnums=1)
 
     def generate(self, params: nnx.State, prompts: Sequence[Sequence[int]], method=Greedy(),
                  num_samples: int = 1, seed: int = 0) -> Rollout:
@@ -340,20 +375,26 @@ class Sampler:
         """`generate` without leaving the devices: (the final, sharded SampleState, number of real rows).
 
         The state's batch is padded to its bucket; rows past the real ones are filler and finished from the start.
+        Its cache is only as large as the last decode segment that ran.
         """
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         rows = [list(p) for p in prompts for _ in range(num_samples)]
         prompts_BT, valid_BT, live_B = self._pad(rows)
         put = lambda x: sharding.from_host(x, sharding.batch_sharding(self.mesh, self.rules, x.ndim))  # noqa: E731
-        prefill, decode = self._programs(method)
+        prefill, decode, grow = self._programs(method)
         start = time.perf_counter()
         with jax.set_mesh(self.mesh):
             state = prefill(params, put(prompts_BT), put(valid_BT), put(live_B), jax.random.key(seed))
             # One sync, so prefill and decode times are reported apart (a decode step's cost is what scales).
             state = jax.block_until_ready(state)
             self.last_stats = {"prefill_seconds": time.perf_counter() - start}
-            return decode(params, state), len(rows)
+            state, running = decode(params, state)
+            for room in self.cfg.segments[1:]:
+                if not sharding.to_host(running):
+                    break
+                state, running = decode(params, grow(state, prompts_BT.shape[1] + room))
+            return state, len(rows)
 
     def _pad(self, rows: list[list[int]]):
         T = _bucket(max(map(len, rows)), self.cfg.min_prompt_bucket)

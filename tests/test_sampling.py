@@ -41,10 +41,12 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def samplers(models):
     """{tied: (sampler with no stop tokens, params, model)}, shared so compiled programs are reused across tests
-    (they use batches of 4 and 8 rows with prompts of at most 16 tokens: one bucket pair per method)."""
+    (they use batches of 4 and 8 rows with prompts of at most 16 tokens: one bucket pair per method). Decoding
+    runs in two segments (room for 5, then 10 new tokens), so every test below also covers cache growth."""
     out = {}
     for tied, (_, _, model) in models.items():
-        sampler, params = make_sampler(model, one_device_mesh(), SamplerConfig(max_new_tokens=NEW, stop_token_ids=()))
+        cfg = SamplerConfig(max_new_tokens=NEW, stop_token_ids=(), first_segment=5)
+        sampler, params = make_sampler(model, one_device_mesh(), cfg)
         out[tied] = (sampler, params, model)
     return out
 
@@ -282,6 +284,42 @@ def test_no_recompile_within_a_bucket_and_none_for_new_weights(models):
     assert np.abs(second.model_logprobs - first.model_logprobs).max() > 1e-4  # the new weights were used
 
 
+# ------------------------------------------------------------------------------------------ decode segments
+
+
+def test_segmented_decode_equals_one_segment_and_stops_growing_when_done(untied):
+    sampler, params, model = untied
+    assert sampler.cfg.segments == (5, 10)
+    whole, _ = make_sampler(model, one_device_mesh(), SamplerConfig(NEW, stop_token_ids=(), first_segment=0))
+    assert whole.cfg.segments == (NEW,)
+    for method in (Greedy(), Sample(1.0, top_k=20)):
+        a = sampler.generate(params, PROMPTS, method, num_samples=2, seed=1)
+        b = whole.generate(params, PROMPTS, method, num_samples=2, seed=1)
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+        np.testing.assert_allclose(a.model_logprobs, b.model_logprobs, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+    state, _ = sampler.run(params, PROMPTS)
+    assert state.cache.size == 16 + NEW  # prompt bucket + the last segment's room
+
+    # Every row stops at its 3rd token: the first segment (room for 5) ends the run, nothing grows or compiles.
+    free = whole.generate(params, PROMPTS)
+    stops = tuple(sorted({int(t) for t in free.tokens[:, 2]} - {int(t) for t in free.tokens[:, :2].ravel()}))
+    assert len(stops) == len(PROMPTS), "test setup: each row's 3rd token must be new to every row's first two"
+    early, _ = make_sampler(model, one_device_mesh(), SamplerConfig(NEW, stops, first_segment=5))
+    state, _ = early.run(params, PROMPTS)
+    assert early.traces == 2  # prefill and the first decode segment only
+    assert state.cache.size == 16 + 5 and int(state.step) == 3
+    assert early.generate(params, PROMPTS).lengths.tolist() == [3] * len(PROMPTS)
+
+
+def test_sampler_config_rejects_bad_budgets():
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        SamplerConfig(max_new_tokens=0)
+    with pytest.raises(ValueError, match="first_segment"):
+        SamplerConfig(first_segment=-1)
+    assert SamplerConfig(max_new_tokens=100, first_segment=32).segments == (32, 64, 100)
+
+
 # ------------------------------------------------------------------------------------------------ sharding
 
 
@@ -289,7 +327,7 @@ def test_sharded_greedy_equals_one_device(models):
     _, path, model1 = models[True]
     mesh8 = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, tensor=2))
     model8 = load_hf_model(path, mesh8)
-    cfg = SamplerConfig(max_new_tokens=NEW, stop_token_ids=())
+    cfg = SamplerConfig(max_new_tokens=NEW, stop_token_ids=(), first_segment=4)  # the cache grows twice
     s1, p1 = make_sampler(model1, one_device_mesh(), cfg)
     s8, p8 = make_sampler(model8, mesh8, cfg)
     prompts = PROMPTS + PROMPTS[:2]  # 6 rows -> a batch of 8, two rows per (data, fsdp) shard

@@ -277,6 +277,18 @@ class KVCache:
     def size(self) -> int:
         return self.valid_BS.shape[1]
 
+    def grow(self, size: int) -> "KVCache":
+        """The same cache with `size` slots: the new slots are empty (invalid, never attended to)."""
+        extra = size - self.size
+        if extra < 0:
+            raise ValueError(f"cannot shrink a cache of {self.size} slots to {size}")
+
+        def pad(x, axis):
+            return jnp.pad(x, [(0, extra if a == axis else 0) for a in range(x.ndim)])
+
+        layers = [LayerCache(pad(c.k_BKHS, 3), pad(c.v_BKSH, 2)) for c in self.layers]
+        return dataclasses.replace(self, layers=layers, valid_BS=pad(self.valid_BS, 1))
+
 
 class Attention(nnx.Module):
     def __init__(self, cfg: Qwen2Config, rngs: nnx.Rngs):
