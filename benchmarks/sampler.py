@@ -7,8 +7,10 @@ excluded (one warm-up run each, then the best of `--repeats` timed runs); torch 
 
     .venv/bin/python benchmarks/sampler.py                      # prints tokens/s of both and the ratio
 
-It also prints two floors measured in the same run, which no fp32 implementation on this machine can beat: the
-run's FLOPs at the best matmul rate of JAX and torch, and the vocabulary-head product alone at its best rate.
+It also prints two floors measured in the same run, which no fp32 implementation on this machine can beat: a
+decode step whose weight products each run at the best speed JAX or torch reaches for that shape (q/k/v and
+gate/up fused) and whose KV cache is read at XLA's streaming speed, everything else free; and the vocabulary-head
+product alone.
 
 GPU: random-init Qwen2.5-1.5B and 7B in bfloat16 at batch 1, 64 and 256; prints decode tokens/s and the memory
 bandwidth utilisation of a decode step, (weight bytes + KV-cache bytes a step must read) / step time / peak.
@@ -65,22 +67,40 @@ def bandwidth_utilisation(cfg, batch: int, prompt_len: int, new_tokens: int, ste
     return gbps, gbps / peak_gbps
 
 
-def decode_flops_per_token(cfg, cache_len: float) -> float:
-    """Arithmetic a decode step must do per row in its matrix products: every weight matrix once (2 FLOPs a
-    weight; the embedding table is a lookup unless it is also the head) plus attention scores and the weighted sum
-    over `cache_len` cached tokens. Biases and norms (a few FLOPs per hidden unit) are left out."""
+def decode_products(cfg, batch: int) -> list[tuple[int, int, int, int]]:
+    """The weight products of one decode step as (m, k, n, how many), fused as far as they can be: q, k and v in
+    one [D, (N + 2K)H] product and gate and up in one [D, 2F] (fewer, larger products only run faster)."""
+    D, F, H = cfg.hidden_size, cfg.intermediate_size, cfg.head_size
+    N, K, L = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.num_hidden_layers
+    return [(batch, D, (N + 2 * K) * H, L), (batch, N * H, D, L), (batch, D, 2 * F, L), (batch, F, D, L),
+            (batch, D, cfg.vocab_size, 1)]
+
+
+def read_bandwidth(nbytes: int) -> float:
+    """Bytes/s of XLA streaming `nbytes` of fp32 from memory (a sum), best of a few runs."""
     import jax
-    from flax import nnx
+    import jax.numpy as jnp
 
-    from algoforge_jax.models.qwen2 import Qwen2ForCausalLM
+    x = jnp.ones(max(nbytes // 4, 1 << 22), jnp.float32)
+    total = jax.jit(jnp.sum)
+    total(x).block_until_ready()
+    best = float("inf")
+    for _ in range(10):
+        start = time.perf_counter()
+        total(x).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return x.nbytes / best
 
-    model = nnx.eval_shape(lambda: Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(0)))
-    leaves = jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
-    matrices = sum(x.size for path, x in leaves if not any(k in jax.tree_util.keystr(path) for k in ("bias", "norm")))
-    if not cfg.tie_word_embeddings:
-        matrices -= cfg.vocab_size * cfg.hidden_size  # the input table: looked up, not multiplied
-    attention = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_size * cache_len
-    return 2 * matrices + attention
+
+def step_floor(cfg, batch: int, cache_len: float) -> tuple[float, float]:
+    """(seconds, KV bytes/s): a lower bound on an fp32 decode step on this machine. Each product of
+    `decode_products` at the speed of the faster of JAX and torch for exactly that shape, plus reading the K and V
+    of `cache_len` filled slots per row at the speed XLA streams memory. Attention arithmetic, norms, RoPE,
+    activations and sampling count as free."""
+    products = sum(fastest_matmul(m, k, n)[0] * count for m, k, n, count in decode_products(cfg, batch))
+    kv_bytes = batch * cache_len * 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_size * 4
+    bandwidth = read_bandwidth(int(kv_bytes))
+    return products + kv_bytes / bandwidth, bandwidth
 
 
 def fastest_matmul(m: int, k: int, n: int) -> tuple[float, str]:
@@ -176,12 +196,11 @@ def cpu(args) -> None:
         hf.save_pretrained(tmp)
         model = load_hf_model(tmp, mesh)
     sampler, params = make_sampler(model, mesh, SamplerConfig(args.new_tokens, stop_token_ids=()))
-    square_s, square_src = fastest_matmul(1024, 1024, 1024)  # the machine's rate, whatever the batch
     for batch in args.batch or [64, 8]:
-        _compare(sampler, params, hf, model.config, batch, threads, args, (2 * 1024**3 / square_s, square_src))
+        _compare(sampler, params, hf, model.config, batch, threads, args)
 
 
-def _compare(sampler, params, hf, cfg, batch: int, threads: int, args, matmul_rate: tuple[float, str]) -> None:
+def _compare(sampler, params, hf, cfg, batch: int, threads: int, args) -> None:
     import numpy as np
 
     prompts = _prompts(batch, args.prompt_len, hf.config.vocab_size)
@@ -195,15 +214,14 @@ def _compare(sampler, params, hf, cfg, batch: int, threads: int, args, matmul_ra
     print(f"  transformers   {total / torch_s:9.1f} tokens/s  ({torch_s:.3f} s)")
     print(f"  ratio          {torch_s / ours_s:9.2f}x   (greedy tokens equal to transformers': {agree:.1%})")
     # Two floors no fp32 implementation on this machine can beat (prefill left out, which only favours them):
-    # all of the run's arithmetic at the machine's best matmul rate, and the vocabulary head alone, a product
-    # every decode step must compute in full (greedy needs every logit's value, GRPO the logsumexp).
-    rate, square_src = matmul_rate
-    mean_prompt = float(np.mean([len(p) for p in prompts]))
-    # Linear in the cache length, so the run's total is the count at the mean length times the steps.
-    flops = batch * args.new_tokens * decode_flops_per_token(cfg, mean_prompt + (args.new_tokens - 1) / 2)
-    floor_s = flops / rate
-    print(f"  floor          {total / floor_s:9.1f} tokens/s  ({floor_s:.3f} s: the run's {flops / 1e9:.0f} GFLOP at "
-          f"this machine's {rate / 1e9:.0f} GFLOP/s ({square_src}, 1024^3 matmul)): "
+    # a decode step whose products all run at the best speed this machine shows for their shapes, and the
+    # vocabulary head alone, a product every decode step must compute in full (greedy needs every logit's value,
+    # GRPO the logsumexp).
+    mean_cache = float(np.mean([len(p) for p in prompts])) + (args.new_tokens - 1) / 2
+    floor_step, bandwidth = step_floor(cfg, batch, mean_cache)
+    floor_s = floor_step * args.new_tokens
+    print(f"  step floor     {total / floor_s:9.1f} tokens/s  ({floor_step * 1e3:.2f} ms a step: each weight product at "
+          f"the best speed of JAX or torch for its shape, + the filled KV cache read at {bandwidth / 1e9:.0f} GB/s): "
           f"at most {torch_s / floor_s:.2f}x transformers")
     head_s, head_src = fastest_matmul(batch, cfg.hidden_size, cfg.vocab_size)
     head_floor_s = head_s * args.new_tokens
