@@ -98,10 +98,9 @@ def sidecar_dir(model_path) -> Path:
 
 def tokenizer_dir(model_path) -> Path | None:
     """Where a model directory (HF or orbax) keeps its tokenizer files, if anywhere."""
-    path = Path(model_path)
-    for candidate in (path / "tokenizer", path):
-        if any((candidate / f).exists() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
-            return candidate
+    candidate = sidecar_dir(model_path)
+    if any((candidate / f).exists() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
+        return candidate
     return None
 
 

@@ -251,10 +251,11 @@ def export_hf(model: Qwen2ForCausalLM, out_dir, *, tokenizer_dir=None, dtype: st
         return out_dir
     _write_shards(out_dir, shards)
     (out_dir / "config.json").write_text(json.dumps(cfg.to_hf_config(), indent=2) + "\n")
-    gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}
-    (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     if tokenizer_dir is not None:
-        copy_sidecar_files(Path(tokenizer_dir), out_dir)  # the source's own generation_config wins
+        copy_sidecar_files(Path(tokenizer_dir), out_dir)
+    if tokenizer_dir is None or not (Path(tokenizer_dir) / "generation_config.json").exists():  # else the source's
+        gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}
+        (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     return out_dir
 
 
