@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from algoforge_jax.errors import UserError
@@ -11,6 +12,8 @@ BUNDLED_QWEN25 = Path(__file__).parent / "assets" / "qwen2.5-tokenizer"
 
 def load_tokenizer(path):
     """`transformers.AutoTokenizer` from a tokenizer folder, or from the tokenizer of a model directory."""
+    # Only tokenizers are used: no advice that models need PyTorch (which an install without the test extras lacks).
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     from transformers import AutoTokenizer
 
     from algoforge_jax.checkpoints import tokenizer_dir
