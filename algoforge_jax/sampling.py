@@ -6,8 +6,9 @@ explicit `SampleState` pytree that stops as soon as every row has finished. The 
 donated to the decode program, so XLA updates the cache in place. Model weights are an argument of every
 program, never a constant in them: new policy weights after an RL step reuse the compiled programs.
 
-Decoding runs in segments (`SamplerConfig.first_segment`): the cache starts with room for the prompt and
-`first_segment` new tokens and doubles its room for new tokens each time it fills, up to `max_new_tokens`. A
+Decoding runs in segments (`SamplerConfig.segments`): the cache starts with room for the prompt and
+`first_segment` new tokens (more for long budgets, so there are at most `max_segments`) and doubles its room for
+new tokens each time it fills, up to `max_new_tokens`. A
 decode step reads the whole cache, so its cost follows what has been generated rather than the full budget; a
 segment is only compiled and run if some row is still going when the previous one ends.
 
@@ -173,21 +174,25 @@ class SamplerConfig:
     pad_token_id: int = 0
     min_prompt_bucket: int = 16  # prompt lengths are padded up to a power of two at least this
     min_batch_bucket: int = 1  # batch sizes are padded up to a power of two at least this
-    first_segment: int = 32  # room for new tokens in the first decode segment, doubled per segment; 0: one segment
+    first_segment: int = 32  # least room for new tokens in the first decode segment; 0: one segment
+    max_segments: int = 4  # each segment is a compiled program: long budgets start bigger than first_segment
 
     def __post_init__(self):
-        if self.max_new_tokens < 1 or self.first_segment < 0:
-            raise ValueError(f"need max_new_tokens >= 1 and first_segment >= 0, got {self.max_new_tokens} and "
-                             f"{self.first_segment}")
+        if self.max_new_tokens < 1 or self.first_segment < 0 or self.max_segments < 1:
+            raise ValueError(f"need max_new_tokens >= 1, first_segment >= 0 and max_segments >= 1, got "
+                             f"{self.max_new_tokens}, {self.first_segment} and {self.max_segments}")
 
     @property
     def segments(self) -> tuple[int, ...]:
-        """Room for new tokens in each decode segment's cache: first_segment, twice that, ..., max_new_tokens."""
-        caps, cap = [], self.first_segment or self.max_new_tokens
-        while cap < self.max_new_tokens:
+        """Room for new tokens in each decode segment's cache, doubling up to max_new_tokens: the first has
+        first_segment, or more when that would take over max_segments segments."""
+        N = self.max_new_tokens
+        cap = max(self.first_segment, -(-N // 2 ** (self.max_segments - 1))) if self.first_segment else N
+        caps = []
+        while cap < N:
             caps.append(cap)
             cap *= 2
-        return (*caps, self.max_new_tokens)
+        return (*caps, N)
 
 
 @jax.tree_util.register_dataclass

@@ -317,7 +317,13 @@ def test_sampler_config_rejects_bad_budgets():
         SamplerConfig(max_new_tokens=0)
     with pytest.raises(ValueError, match="first_segment"):
         SamplerConfig(first_segment=-1)
+    with pytest.raises(ValueError, match="max_segments"):
+        SamplerConfig(max_segments=0)
     assert SamplerConfig(max_new_tokens=100, first_segment=32).segments == (32, 64, 100)
+    assert SamplerConfig(max_new_tokens=16, first_segment=32).segments == (16,)
+    # A long budget starts bigger, so it still compiles at most max_segments decode programs.
+    assert SamplerConfig(max_new_tokens=1000, first_segment=32).segments == (125, 250, 500, 1000)
+    assert SamplerConfig(max_new_tokens=1000, first_segment=32, max_segments=1).segments == (1000,)
 
 
 # ------------------------------------------------------------------------------------------------ sharding
