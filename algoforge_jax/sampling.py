@@ -8,9 +8,9 @@ program, never a constant in them: new policy weights after an RL step reuse the
 
 Decoding runs in segments (`SamplerConfig.segments`): the cache starts with room for the prompt and
 `first_segment` new tokens (more for long budgets, so there are at most `max_segments`) and doubles its room for
-new tokens each time it fills, up to `max_new_tokens`. A
-decode step reads the whole cache, so its cost follows what has been generated rather than the full budget; a
-segment is only compiled and run if some row is still going when the previous one ends.
+new tokens each time it fills, up to `max_new_tokens`. A decode step reads the whole cache, so its cost follows
+what has been generated rather than the full budget; a segment is only compiled and run if some row is still
+going when the previous one ends.
 
 Each sampled token's log-probability is kept twice: under the distribution it was drawn from (temperature,
 top-k, top-p applied) and under the plain model (`model_logprobs`), which is what GRPO's ratio needs.
@@ -346,17 +346,18 @@ class Sampler:
         return self._compiled[method]
 
     def _jit_programs(self, method):
+        layout = functools.partial(_constrain, mesh=self.mesh, rules=self.rules)
+
         def counted(fn):
             def traced(*args, **kwargs):
                 self.traces += 1
-                layout = functools.partial(_constrain, mesh=self.mesh, rules=self.rules)
                 return fn(self.graphdef, *args, method=method, cfg=self.cfg, layout=layout, **kwargs)
 
             return traced
 
         def grow(state, size):
             self.traces += 1
-            return _grow(state, size=size, layout=functools.partial(_constrain, mesh=self.mesh, rules=self.rules))
+            return _grow(state, size=size, layout=layout)
 
         prefill = jax.jit(counted(_prefill))
         decode = jax.jit(counted(_decode), donate_argnums=(1,))
