@@ -7,7 +7,8 @@ excluded (one warm-up run each, then the best of `--repeats` timed runs); torch 
 
     .venv/bin/python benchmarks/sampler.py                      # prints tokens/s of both and the ratio
 
-It also prints two floors measured in the same run, which no fp32 implementation on this machine can beat: a
+It also times our sampler decoding over one static cache of the whole budget (`first_segment=0`), to show what
+decoding in segments saves, and prints two floors measured in the same run, which no fp32 implementation on this machine can beat: a
 decode step whose weight products each run at the best speed JAX or torch reaches for that shape (q/k/v and
 gate/up fused) and whose KV cache is read at XLA's streaming speed, everything else free; and the vocabulary-head
 product alone.
@@ -195,24 +196,34 @@ def cpu(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         model = load_hf_model(tmp, mesh)
-    sampler, params = make_sampler(model, mesh, SamplerConfig(args.new_tokens, stop_token_ids=()))
+    cfg = SamplerConfig(args.new_tokens, stop_token_ids=())
+    sampler, params = make_sampler(model, mesh, cfg)
+    static, _ = make_sampler(model, mesh, dataclasses.replace(cfg, first_segment=0))  # one cache of the full budget
     for batch in args.batch or [64, 8]:
-        _compare(sampler, params, hf, model.config, batch, threads, args)
+        _compare(sampler, static, params, hf, model.config, batch, threads, args)
 
 
-def _compare(sampler, params, hf, cfg, batch: int, threads: int, args) -> None:
+def _step_ms(stats: dict) -> float:
+    return stats["decode_seconds"] / max(stats["decode_steps"], 1) * 1e3
+
+
+def _compare(sampler, static, params, hf, cfg, batch: int, threads: int, args) -> None:
     import numpy as np
 
     prompts = _prompts(batch, args.prompt_len, hf.config.vocab_size)
     total = batch * args.new_tokens
     ours_s, stats, rollout = time_ours(sampler, params, prompts, args.repeats)
     torch_s, torch_tokens = time_torch(hf, prompts, args.new_tokens, args.repeats)
+    static_s, static_stats, static_rollout = time_ours(static, params, prompts, args.repeats)
     agree = float(np.mean(rollout.tokens == torch_tokens))
     print(f"cpu, {threads} threads: batch {batch} x {args.new_tokens} new tokens, prompts <= {args.prompt_len}")
     print(f"  algoforge_jax  {total / ours_s:9.1f} tokens/s  ({ours_s:.3f} s; prefill {stats['prefill_seconds']:.3f} s,"
-          f" {stats['decode_seconds'] / max(stats['decode_steps'], 1) * 1e3:.2f} ms/decode step)")
+          f" {_step_ms(stats):.2f} ms/decode step; decode segments {sampler.cfg.segments})")
     print(f"  transformers   {total / torch_s:9.1f} tokens/s  ({torch_s:.3f} s)")
     print(f"  ratio          {torch_s / ours_s:9.2f}x   (greedy tokens equal to transformers': {agree:.1%})")
+    same = bool((static_rollout.tokens == rollout.tokens).all())
+    print(f"  one segment    {total / static_s:9.1f} tokens/s  ({_step_ms(static_stats):.2f} ms/decode step over a static "
+          f"cache of the whole budget; segments {static_s / ours_s:.2f}x faster, same tokens: {same})")
     # Two floors no fp32 implementation on this machine can beat (prefill left out, which only favours them):
     # a decode step whose products all run at the best speed this machine shows for their shapes, and the
     # vocabulary head alone, a product every decode step must compute in full (greedy needs every logit's value,
