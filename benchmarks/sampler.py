@@ -8,10 +8,10 @@ excluded (one warm-up run each, then the best of `--repeats` timed runs); torch 
     .venv/bin/python benchmarks/sampler.py                      # prints tokens/s of both and the ratio
 
 It also times our sampler decoding over one static cache of the whole budget (`first_segment=0`), to show what
-decoding in segments saves, and prints two floors measured in the same run, which no fp32 implementation on this machine can beat: a
-decode step whose weight products each run at the best speed JAX or torch reaches for that shape (q/k/v and
-gate/up fused) and whose KV cache is read at XLA's streaming speed, everything else free; and the vocabulary-head
-product alone.
+decoding in segments saves, and prints two floors measured in the same run, which no fp32 implementation built on
+the matmul kernels of JAX or torch can beat on this machine: a decode step whose weight products each run at the
+best speed JAX or torch reaches for that shape (q/k/v and gate/up fused) and whose KV cache is read at XLA's
+streaming speed, everything else free; and the vocabulary-head product alone.
 
 GPU: random-init Qwen2.5-1.5B and 7B in bfloat16 at batch 1, 64 and 256; prints decode tokens/s and the memory
 bandwidth utilisation of a decode step, (weight bytes + KV-cache bytes a step must read) / step time / peak.
