@@ -51,15 +51,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------- arithmetic
 
 
+def kv_bytes_per_slot(cfg) -> int:
+    """Bytes of K and V that one cached token of one row holds, over all layers."""
+    import jax.numpy as jnp
+
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_size * jnp.dtype(cfg.compute_dtype).itemsize
+
+
 def decode_bytes_per_step(cfg, batch: int, cache_len: float) -> float:
     """Bytes a decode step must read from memory: every weight once, plus K and V of `cache_len` tokens per row."""
     from algoforge_jax.models.qwen2 import parameter_count
 
     import jax.numpy as jnp
 
-    weights = parameter_count(cfg) * jnp.dtype(cfg.weight_dtype).itemsize
-    kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_size * jnp.dtype(cfg.compute_dtype).itemsize
-    return weights + batch * cache_len * kv
+    return parameter_count(cfg) * jnp.dtype(cfg.weight_dtype).itemsize + batch * cache_len * kv_bytes_per_slot(cfg)
 
 
 def bandwidth_utilisation(cfg, batch: int, prompt_len: int, new_tokens: int, step_seconds: float, peak_gbps: float):
@@ -70,7 +75,8 @@ def bandwidth_utilisation(cfg, batch: int, prompt_len: int, new_tokens: int, ste
 
 def decode_products(cfg, batch: int) -> list[tuple[int, int, int, int]]:
     """The weight products of one decode step as (m, k, n, how many), fused as far as they can be: q, k and v in
-    one [D, (N + 2K)H] product and gate and up in one [D, 2F] (fewer, larger products only run faster)."""
+    one [D, (N + 2K)H] product and gate and up in one [D, 2F] (fewer, larger products only run faster). The
+    vocabulary head comes last."""
     D, F, H = cfg.hidden_size, cfg.intermediate_size, cfg.head_size
     N, K, L = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.num_hidden_layers
     return [(batch, D, (N + 2 * K) * H, L), (batch, N * H, D, L), (batch, D, 2 * F, L), (batch, F, D, L),
@@ -84,24 +90,34 @@ def read_bandwidth(nbytes: int) -> float:
 
     x = jnp.ones(max(nbytes // 4, 1 << 22), jnp.float32)
     total = jax.jit(jnp.sum)
-    total(x).block_until_ready()
-    best = float("inf")
-    for _ in range(10):
-        start = time.perf_counter()
-        total(x).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return x.nbytes / best
+    return x.nbytes / _best_seconds(lambda: total(x).block_until_ready(), rounds=10)
 
 
-def step_floor(cfg, batch: int, cache_len: float) -> tuple[float, float]:
-    """(seconds, KV bytes/s): a lower bound on an fp32 decode step on this machine. Each product of
-    `decode_products` at the speed of the faster of JAX and torch for exactly that shape, plus reading the K and V
-    of `cache_len` filled slots per row at the speed XLA streams memory. Attention arithmetic, norms, RoPE,
-    activations and sampling count as free."""
-    products = sum(fastest_matmul(m, k, n)[0] * count for m, k, n, count in decode_products(cfg, batch))
-    kv_bytes = batch * cache_len * 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_size * 4
+def timed_products(cfg, batch: int) -> list[tuple[int, float, str]]:
+    """(how many, seconds, fastest library) for each product of `decode_products`, in its order."""
+    return [(count, *fastest_matmul(m, k, n)) for m, k, n, count in decode_products(cfg, batch)]
+
+
+def step_floor(cfg, batch: int, cache_len: float, timed: list[tuple[int, float, str]]) -> tuple[float, float]:
+    """(seconds, KV bytes/s): a lower bound on a decode step on this machine. Each product of `decode_products`
+    at the speed of the faster of JAX and torch for exactly that shape (`timed`, from `timed_products`), plus
+    reading the K and V of `cache_len` filled slots per row at the speed XLA streams memory. Attention arithmetic,
+    norms, RoPE, activations and sampling count as free."""
+    kv_bytes = batch * cache_len * kv_bytes_per_slot(cfg)
     bandwidth = read_bandwidth(int(kv_bytes))
-    return products + kv_bytes / bandwidth, bandwidth
+    return sum(count * seconds for count, seconds, _ in timed) + kv_bytes / bandwidth, bandwidth
+
+
+def _best_seconds(run, rounds: int, calls: int = 1) -> float:
+    """Seconds a call of `run` takes: one warm-up call, then the best of `rounds` rounds of `calls` calls each."""
+    run()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            run()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
 
 
 def fastest_matmul(m: int, k: int, n: int) -> tuple[float, str]:
@@ -115,16 +131,8 @@ def fastest_matmul(m: int, k: int, n: int) -> tuple[float, str]:
     ja, jb = jax.numpy.asarray(a), jax.numpy.asarray(b)
     f = jax.jit(lambda x, y: x @ y)
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    times = {}
-    for name, run in (("jax", lambda: f(ja, jb).block_until_ready()), ("torch", lambda: ta @ tb)):
-        run()
-        best = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(4):
-                run()
-            best = min(best, (time.perf_counter() - start) / 4)
-        times[name] = best
+    times = {name: _best_seconds(run, rounds=5, calls=4)
+             for name, run in (("jax", lambda: f(ja, jb).block_until_ready()), ("torch", lambda: ta @ tb))}
     name = min(times, key=times.get)
     return times[name], name
 
@@ -229,12 +237,13 @@ def _compare(sampler, static, params, hf, cfg, batch: int, threads: int, args) -
     # vocabulary head alone, a product every decode step must compute in full (greedy needs every logit's value,
     # GRPO the logsumexp).
     mean_cache = float(np.mean([len(p) for p in prompts])) + (args.new_tokens - 1) / 2
-    floor_step, bandwidth = step_floor(cfg, batch, mean_cache)
+    timed = timed_products(cfg, batch)
+    floor_step, bandwidth = step_floor(cfg, batch, mean_cache, timed)
     floor_s = floor_step * args.new_tokens
     print(f"  step floor     {total / floor_s:9.1f} tokens/s  ({floor_step * 1e3:.2f} ms a step: each weight product at "
           f"the best speed of JAX or torch for its shape, + the filled KV cache read at {bandwidth / 1e9:.0f} GB/s): "
           f"at most {torch_s / floor_s:.2f}x transformers")
-    head_s, head_src = fastest_matmul(batch, cfg.hidden_size, cfg.vocab_size)
+    _, head_s, head_src = timed[-1]  # the head, timed once for both floors
     head_floor_s = head_s * args.new_tokens
     print(f"  head floor     {total / head_floor_s:9.1f} tokens/s  ({head_s * 1e3:.2f} ms a step for the [{batch}, "
           f"{cfg.hidden_size}] @ [{cfg.hidden_size}, {cfg.vocab_size}] head alone, {head_src}): "

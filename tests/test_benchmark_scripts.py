@@ -46,10 +46,13 @@ def test_decode_products_and_bytes_match_a_count_of_the_hf_model(bench, tied):
 
 def test_step_floor_counts_the_head_and_a_real_bandwidth(bench):
     cfg = Qwen2Config.from_hf_config(hf_config().to_dict())
-    seconds, bandwidth = bench.step_floor(cfg, batch=4, cache_len=20.0)
-    head_s, _ = bench.fastest_matmul(4, cfg.hidden_size, cfg.vocab_size)
+    assert bench.decode_products(cfg, batch=4)[-1] == (4, cfg.hidden_size, cfg.vocab_size, 1)  # the head, last
+    timed = bench.timed_products(cfg, batch=4)
+    seconds, bandwidth = bench.step_floor(cfg, batch=4, cache_len=20.0, timed=timed)
     assert 1e8 < bandwidth < 1e13  # bytes/s: a memory, not a division by ~0
-    assert seconds > head_s * 0.5  # the head is one of its products (timings jitter, hence the margin)
+    assert seconds > timed[-1][1] * 0.5  # the head is one of its products
+    products = sum(count * s for count, s, _ in timed)
+    assert seconds == pytest.approx(products + 4 * 20.0 * bench.kv_bytes_per_slot(cfg) / bandwidth)
 
 
 def test_gpu_mode_runs_on_the_cpu(bench, capsys):
