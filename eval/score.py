@@ -26,7 +26,7 @@ from algoforge_jax.jsonl import jsonl_text
 from eval.benchmarks import BENCHMARKS, load_benchmark
 from eval.extract import extract_program
 from eval.metrics import summarize
-from eval.problems import Judgement, Problem, Verdict
+from eval.problems import Judgement, Problem
 from eval.records import read_records
 
 BATCH = 256  # samples judged between two flushes of the results file

@@ -154,7 +154,6 @@ def test_livebench_fixture():
 
 def test_livebench_compressed_cases_never_run_code(tmp_path):
     import base64
-    import json
     import pickle
     import zlib
 
@@ -165,8 +164,7 @@ def test_livebench_compressed_cases_never_run_code(tmp_path):
 
     row = json.loads((FIXTURES / "livebench_coding.jsonl").read_text().splitlines()[1])
     row["private_test_cases"] = base64.b64encode(zlib.compress(pickle.dumps(Payload()))).decode()
-    path = tmp_path / "livebench.jsonl"
-    path.write_text(json.dumps(row) + "\n")
+    path = _write(tmp_path, [row], "livebench.jsonl")
     with pytest.raises(UserError, match="private_test_cases"):
         load_benchmark("livebench", path)
     assert not (tmp_path / "pwned").exists()

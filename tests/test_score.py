@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from algoforge_jax.errors import UserError
+from algoforge_jax.jsonl import jsonl_text
 from eval.benchmarks import load_benchmark
 from eval.score import parse_ks, program_for, read_done, read_samples
 from perturb import perturb_assert
@@ -32,7 +33,7 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("score")
     rows = {r["task_id"]: r for r in map(json.loads, MBPP.read_text().splitlines()) if 11 <= r["task_id"] <= 14}
     rows[12]["test_list"][0] = perturb_assert(rows[12]["test_list"][0])
-    (tmp / "mbpp.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows.values()))
+    (tmp / "mbpp.jsonl").write_text(jsonl_text(rows.values()))
     samples = [
         {"task_id": "Mbpp/11", "completion": f"Here you go:\n```python\n{rows[11]['code']}\n```\n"},
         {"task_id": "Mbpp/11", "completion": "```python\ndef remove_Occ(s, ch):\n    return s\n```"},
@@ -40,7 +41,7 @@ def run(tmp_path_factory):
         {"task_id": 13, "completion": rows[13]["code"]},  # a bare number, as other harnesses write MBPP ids
         {"task_id": "Mbpp/14", "completion": "```python\n\n```"},
     ]
-    (tmp / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    (tmp / "samples.jsonl").write_text(jsonl_text(samples))
     args = ["--benchmark", "mbpp", "--problems", str(tmp / "mbpp.jsonl"), "--samples", str(tmp / "samples.jsonl"),
             "--out", str(tmp / "results.jsonl"), "--k", "1,2,5", "--workers", "2"]
     return tmp, args, _score(*args)
@@ -109,7 +110,7 @@ LIVEBENCH_SOLUTIONS = [
 
 def test_livebench_fixture_end_to_end(tmp_path):
     pytest.importorskip("eval.sandbox")
-    (tmp_path / "s.jsonl").write_text("".join(json.dumps(s) + "\n" for s in LIVEBENCH_SOLUTIONS))
+    (tmp_path / "s.jsonl").write_text(jsonl_text(LIVEBENCH_SOLUTIONS))
     proc = _score("--benchmark", "livebench", "--problems", str(ROOT / "tests" / "fixtures" / "livebench_coding.jsonl"),
                   "--samples", str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "r.jsonl"))
     assert proc.returncode == 0, proc.stderr
