@@ -57,9 +57,7 @@ def save_model(path, model: Qwen2ForCausalLM, tokenizer_dir=None) -> Path:
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         ckptr.save(path, args=args)
     if tokenizer_dir is not None and jax.process_index() == 0:
-        (path / "tokenizer").mkdir()
-        if not copy_sidecar_files(Path(tokenizer_dir), path / "tokenizer"):
-            (path / "tokenizer").rmdir()
+        copy_sidecar_files(Path(tokenizer_dir), path / "tokenizer")
     return path
 
 

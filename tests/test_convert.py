@@ -82,7 +82,10 @@ def test_hf_jax_hf_round_trip_is_bit_exact(sources, mesh8, tmp_path, tied):
 
 def test_hf_orbax_hf_round_trip_onto_another_mesh_is_bit_exact(sources, mesh8, tmp_path):
     hf, src = sources[False]
-    ckpt = checkpoints.save_model(tmp_path / "ckpt", load_hf_model(src, mesh8, TRAIN_RULES))
+    empty = tmp_path / "no_sidecars"
+    empty.mkdir()
+    ckpt = checkpoints.save_model(tmp_path / "ckpt", load_hf_model(src, mesh8, TRAIN_RULES), tokenizer_dir=empty)
+    assert not (ckpt / "tokenizer").exists()  # nothing to carry: no empty folder either
     mesh4 = sharding.make_mesh(MeshConfig(data=1, fsdp=4, tensor=1), devices=jax.devices()[:4])
     model = checkpoints.load_model(ckpt, mesh4, TRAIN_RULES)
     up = model.layers[0].mlp.up_proj[...]

@@ -276,9 +276,11 @@ def _write_shards(out_dir: Path, shards: list[dict[str, np.ndarray]]) -> None:
 
 
 def copy_sidecar_files(src: Path, dst: Path) -> list[str]:
+    """Copies the SIDECAR_FILES that `src` has into `dst`, made only if there is something to copy."""
     copied = []
     for name in SIDECAR_FILES:
         if (src / name).exists() and (src / name).resolve() != (dst / name).resolve():
+            dst.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src / name, dst / name)
             copied.append(name)
     return copied
