@@ -52,10 +52,15 @@ def tokens_and_mask(batch: int = 3, length: int = 12, pads=(0, 4, 7), seed: int 
     return ids, valid
 
 
+def left_pad_positions(valid: np.ndarray) -> np.ndarray:
+    """The position ids that transformers' `generate` gives left-padded rows (pads at 0)."""
+    return np.maximum(np.cumsum(valid, axis=1) - 1, 0)
+
+
 def hf_logits(model, ids: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """transformers' logits, with the position ids that `generate` uses for left-padded rows."""
     valid = np.ones(ids.shape, bool) if valid is None else valid
-    positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
+    positions = left_pad_positions(valid)
     with torch.no_grad():
         out = model(
             input_ids=torch.tensor(ids, dtype=torch.long),

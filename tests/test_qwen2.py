@@ -13,7 +13,7 @@ from algoforge_jax.convert.hf import load_hf_model
 from algoforge_jax.errors import UserError
 from algoforge_jax.models import qwen2
 from algoforge_jax.models.qwen2 import KVCache, Qwen2Config
-from hf_tiny import forward, hf_logits, one_device_mesh, save_hf_model, tokens_and_mask
+from hf_tiny import forward, hf_logits, left_pad_positions, one_device_mesh, save_hf_model, tokens_and_mask
 
 PARITY_TOL = 1e-4
 
@@ -49,7 +49,7 @@ def test_one_decoder_layer_matches_transformers(models):
     B, T, D = 2, 10, hf.config.hidden_size
     _, valid = tokens_and_mask(batch=B, length=T, pads=(0, 3))
     x = torch.randn(B, T, D, generator=torch.Generator().manual_seed(1))
-    positions = torch.tensor(np.maximum(np.cumsum(valid, 1) - 1, 0))
+    positions = torch.tensor(left_pad_positions(valid))
     mask_BTS = np.tril(np.ones((T, T), bool))[None] & valid[:, None, :]
     additive = torch.where(torch.tensor(mask_BTS), 0.0, torch.finfo(torch.float32).min)[:, None]
     with torch.no_grad():
