@@ -239,9 +239,15 @@ def _memory_cgroup_bases() -> list[tuple[str, bool]]:
 # ---------------------------------------------------------------- per-test-process limits (in the child)
 
 
-def set_rlimits(cpu_s: float, memory_bytes: int | None, nproc: int, fsize: int, nofile: int) -> None:
+def cpu_rlimit(cpu_s: float) -> tuple[int, int]:
+    """RLIMIT_CPU for `cpu_s` seconds: soft (SIGXCPU) in whole seconds, rounded up; hard (SIGKILL, which cannot
+    be caught) one second later."""
     cpu = max(1, int(cpu_s + 0.999))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # soft: SIGXCPU; hard: SIGKILL (cannot be caught)
+    return cpu, cpu + 1
+
+
+def set_rlimits(cpu_s: float, memory_bytes: int | None, nproc: int, fsize: int, nofile: int) -> None:
+    resource.setrlimit(resource.RLIMIT_CPU, cpu_rlimit(cpu_s))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
     resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))

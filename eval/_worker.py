@@ -1,12 +1,13 @@
 """A sandbox worker: a warm interpreter that forks one contained process per test run and reports what it did.
 
 The worker is trusted: it never runs user code itself, only forks children that do. It never receives expected
-outputs either, only the program and one test's input at a time, so nothing the child can read holds the answer.
-The parent (`eval/sandbox.py`) talks to it over stdin/stdout with length-prefixed pickle frames.
+outputs either, only the program and test inputs (one stdin, one assert, or the arguments of a list of calls), so
+nothing the child can read holds the answer. The parent (`eval/sandbox.py`) talks to it over stdin/stdout with
+length-prefixed pickle frames.
 
-Ops: {"op": "load", "source"} compiles the program (the reply says CE or ok); {"op": "run", "kind", ...} forks one
-child that runs the loaded program on one test and replies with a raw result (exit status, CPU and wall time,
-peak memory, captured output, the child's result message); {"op": "quit"}.
+Ops: {"op": "run", "source", "limits", "kind", ...} compiles the program (once per distinct source; a compile
+error is the reply {"ce"}), forks one child that runs it on the test inputs and replies with a raw result (exit
+status, CPU and wall time, peak memory, captured output, the child's result frames); {"op": "quit"}.
 """
 
 from __future__ import annotations
@@ -320,7 +321,7 @@ def _collect(pid: int, fds: dict[str, int], limits: dict, start: float) -> dict:
     for frame in frames:  # frames read while the child was already a zombie: /proc had no counters left
         if frame["cpu_s"] is None:
             frame.update(cpu_s=final_cpu, peak_mb=final_peak)
-    return _raw_result(status, usage, wall, killed, bufs, frames)
+    return _raw_result(status, final_cpu, final_peak, wall, killed, bufs, frames)
 
 
 def _new_frames(buf: bytearray, frames: list[dict], counters, start: float) -> bool:
@@ -372,9 +373,8 @@ class _LiveCounters:
 
 
 def _extend_cpu_limit(pid: int, used_s: float, limit_s: float) -> None:
-    soft = int(used_s + limit_s + 0.999)
     try:
-        resource.prlimit(pid, resource.RLIMIT_CPU, (soft, soft + 1))
+        resource.prlimit(pid, resource.RLIMIT_CPU, _jail.cpu_rlimit(used_s + limit_s))
     except OSError:  # the child may be gone already; the exit path handles it
         pass
 
@@ -405,17 +405,17 @@ def _kill(pid: int) -> None:
             pass
 
 
-def _raw_result(status: int, usage, wall: float, killed: str | None, bufs: dict, frames: list[dict]) -> dict:
+def _raw_result(status: int, cpu_s: float, peak_mb: float, wall: float, killed: str | None, bufs: dict,
+                frames: list[dict]) -> dict:
     return {
         "exit_code": os.waitstatus_to_exitcode(status),  # negative: killed by that signal
-        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "cpu_s": cpu_s,
         "wall_s": wall,
-        "peak_mb": usage.ru_maxrss / 1024,
+        "peak_mb": peak_mb,
         "killed": killed,
         "out": bytes(bufs["out"]),
         "err": bytes(bufs["err"][-2000:]),
         "frames": frames,
-        "partial_frame": bool(bufs["res"]),
     }
 
 

@@ -265,14 +265,12 @@ class _Judge:
         outcomes = []
         for plan in self.plans:
             outcome = self._test(plan, raw, steps)
-            if outcome is None:
-                return Judgement(Verdict.CE, (TestOutcome(Verdict.CE, 0.0, 0.0, detail=self.ce),))
             outcomes.append(outcome)
             if outcome.verdict is not Verdict.PASS:
                 return Judgement(outcome.verdict, tuple(outcomes))
         return Judgement(Verdict.PASS, tuple(outcomes))
 
-    def _test(self, plan: list[Check] | Test, raw: dict | None, steps) -> TestOutcome | None:
+    def _test(self, plan: list[Check] | Test, raw: dict | None, steps) -> TestOutcome:
         if isinstance(plan, list):
             return self._checks(plan, raw, steps)
         if plan.type == "call":
@@ -281,9 +279,8 @@ class _Judge:
             return _step_outcome(raw, next(steps), self.limits, accept)
         spec = {"kind": "stdio", "input": plan.input} if plan.type == "stdio" else {"kind": "assert", "code": plan.code}
         one = self._run(spec)
-        if "ce" in one:
-            self.ce = one["ce"]
-            return None
+        if "ce" in one:  # the first run (one source, compiled once): nothing was judged before it
+            return TestOutcome(Verdict.CE, 0.0, 0.0, detail=one["ce"])
         if plan.type == "stdio":
             return _step_outcome(one, 0, self.limits, stdio=(plan.output, self.tol))
         return _step_outcome(one, 0, self.limits, token=True)

@@ -16,6 +16,10 @@ from eval.sandbox import Sandbox
 
 MARK = "afm" + uuid.uuid4().hex[:8]  # 11 chars: fits a process's comm (15) as well as its cmdline
 SET_MARK = f"import ctypes\nctypes.CDLL(None).prctl(15, b'{MARK}', 0, 0, 0)\n"
+# A marked grandchild in a session of its own that outlives the test's process: the sandbox must kill it.
+ORPHAN = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+          + "".join("        " + line + "\n" for line in SET_MARK.splitlines())
+          + "        time.sleep(60)\n    os._exit(0)\nos.wait()\nprint('ok')")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +39,7 @@ def host(sandbox, tmp_path):
     assert sentinel.read_text() == "intact" and os.listdir(tmp_path) == ["sentinel.txt"]
     assert [w.proc.pid for w in sandbox._workers] == worker_pids and all(w.proc.poll() is None
                                                                         for w in sandbox._workers)
-    assert _marked_processes() == [] and _sandbox_uid_processes(worker_pids) == []
+    assert _marked_processes() == [] and _sandbox_uid_processes() == []
     assert _fd_count() == fds and _sandbox_temp_dirs() == temps
 
 
@@ -61,7 +65,7 @@ def _marked_processes() -> list[int]:
     return [pid for pid, text, _ in _processes() if MARK.encode() in text]
 
 
-def _sandbox_uid_processes(worker_pids) -> list[int]:
+def _sandbox_uid_processes() -> list[int]:
     """Processes running as one of this sandbox's unprivileged uids (none must outlive a run)."""
     base = 1_000_000 + (os.getpid() % 4_000_000) * 64
     return [pid for pid, _, uid in _processes() if base <= uid < base + 64]
@@ -210,10 +214,7 @@ def test_killing_the_parent(sandbox, host):
 
 
 def test_orphans_are_killed(sandbox, host):
-    orphan = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-              + "".join("        " + line + "\n" for line in SET_MARK.splitlines())
-              + "        time.sleep(60)\n    os._exit(0)\nos.wait()\nprint('ok')")
-    assert judge(sandbox, stdio(), orphan) is Verdict.PASS
+    assert judge(sandbox, stdio(), ORPHAN) is Verdict.PASS
 
 
 def test_segfault_syntax_error_infinite_loop(sandbox, host):
@@ -253,10 +254,7 @@ def test_close_leaves_no_cgroup_and_no_worker():
 def test_without_namespaces_the_kernel_limits_still_hold(tmp_path):
     with pytest.warns(RuntimeWarning, match="without namespaces"), Sandbox(workers=1, isolate=False) as sb:
         assert sb.protections["pid_namespace"] is False
-        orphan = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-                  + "".join("        " + line + "\n" for line in SET_MARK.splitlines())
-                  + "        time.sleep(60)\n    os._exit(0)\nos.wait()\nprint('ok')")
-        got = [judge(sb, stdio(), p) for p in (orphan, "chunks = []\nwhile True:\n    chunks.append(' ' * (1 << 20))",
+        got = [judge(sb, stdio(), p) for p in (ORPHAN, "chunks = []\nwhile True:\n    chunks.append(' ' * (1 << 20))",
                                                "while True: pass", "print('ok')")]
         assert got == [Verdict.PASS, Verdict.MLE, Verdict.TLE, Verdict.PASS]
         assert _marked_processes() == []
