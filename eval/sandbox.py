@@ -424,6 +424,8 @@ def _short(value: Any) -> str:
 class _WorkerProcess:
     """One warm worker (eval/_worker.py) and the pipe protocol to it; restarted if it dies or hangs."""
 
+    reply_margin_s = 30.0  # beyond the longest a run may take, before the worker counts as hung
+
     def __init__(self, index: int, isolate: bool):
         self.index, self.isolate = index, isolate
         self.uid = 1_000_000 + (os.getpid() % 4_000_000) * 64 + index if os.geteuid() == 0 else None
@@ -443,7 +445,9 @@ class _WorkerProcess:
         self.protections = self._recv(timeout=120.0)["protections"]
 
     def call(self, msg: dict) -> dict:
-        timeout = msg["limits"]["wall_s"] + 30.0 if msg["op"] == "run" else 60.0
+        # The wall limit restarts at every call of a run (the worker resets its clock per call), so a run may take
+        # that limit once per call.
+        timeout = msg["limits"]["wall_s"] * max(1, len(msg.get("calls", ()))) + self.reply_margin_s
         send(self._w, msg)
         reply = self._recv(timeout)
         if "error" in reply:

@@ -185,6 +185,17 @@ def test_float_tolerance_and_python_equality(sandbox):
     assert got == [Verdict.PASS, Verdict.WA]
 
 
+def test_a_run_of_many_slow_calls_is_not_taken_for_a_hung_worker(monkeypatch):
+    # Each call gets the whole wall limit (2.5 s here), so 4 calls of 1 s take longer than one limit plus the
+    # margin: the parent must wait for all of them, not restart the worker and report a sandbox error.
+    monkeypatch.setattr("eval.sandbox._WorkerProcess.reply_margin_s", 0.5)
+    problem = Problem("c", "", tuple(Case("call", fn_name="g", args=[i], expected=i) for i in range(4)),
+                      time_limit_s=0.5)
+    with Sandbox(workers=1) as sb:
+        judgement = sb.judge([(problem, "import time\ndef g(x):\n    time.sleep(1.0)\n    return x")])[0]
+    assert judgement.verdict is Verdict.PASS, judgement
+
+
 def test_call_tests_compare_like_json(sandbox):
     problem = Problem("c", "", (Case("call", fn_name="g", args=[[3, 1, 2]], expected=[1, 2, 3]),))
     got = verdicts(sandbox, [(problem, "def g(xs):\n    return tuple(sorted(xs))"),
