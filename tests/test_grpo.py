@@ -265,6 +265,45 @@ def test_all_empty_batch_is_finite(loss_agg):
     assert float(metrics["rho_min"]) == float(metrics["rho_max"]) == 1.0
 
 
+def _loop_reference(logp, old, ref, adv, mask, cfg):
+    """policy_loss written as plain loops over the issue's formulas, in float64: the reference for random inputs."""
+    B, T = logp.shape
+    per_token, tokens = np.zeros((B, T)), mask.sum(axis=1)
+    for b in range(B):
+        for t in range(T):
+            rho = math.exp(min(max(logp[b, t] - old[b, t], -20), 20))
+            ppo = max(-adv[b] * rho, -adv[b] * min(max(rho, 1 - cfg.clip_eps_low), 1 + cfg.clip_eps_high))
+            if cfg.dual_clip is not None and adv[b] < 0:
+                ppo = min(ppo, -adv[b] * cfg.dual_clip)
+            d = logp[b, t] - ref[b, t]
+            kl = {"k1": d, "k2": d * d / 2, "k3": math.exp(-d) + d - 1}[cfg.kl_estimator]
+            per_token[b, t] = (ppo + cfg.kl_coef * kl) * mask[b, t]
+    nonempty = [b for b in range(B) if tokens[b] > 0]
+    if cfg.loss_agg == "token-mean":
+        return per_token.sum() / tokens.sum()
+    if cfg.loss_agg == "seq-mean-token-mean":
+        return sum(per_token[b].sum() / tokens[b] for b in nonempty) / len(nonempty)
+    return per_token.sum() / (len(nonempty) * T)
+
+
+@pytest.mark.parametrize("loss_agg, kl_estimator, dual_clip", [
+    ("token-mean", "k3", None), ("token-mean", "k1", 1.25), ("seq-mean-token-mean", "k2", None),
+    ("seq-mean-token-mean", "k3", 1.5), ("seq-mean-token-sum-norm", "k1", None), ("seq-mean-token-sum-norm", "k2", 3.0),
+])
+def test_policy_loss_matches_a_loop_reference(loss_agg, kl_estimator, dual_clip):
+    rng = np.random.default_rng(0)
+    old = rng.normal(-1.5, 0.5, (5, 6))
+    logp = old + rng.normal(0, 0.4, (5, 6))  # ratios well outside [0.8, 1.2] on both sides
+    ref = old + rng.normal(0, 0.3, (5, 6))
+    adv = rng.normal(0, 1, 5)
+    mask = (rng.random((5, 6)) < 0.7).astype(np.float64)
+    mask[3] = 0  # an empty sequence
+    cfg = GRPOConfig(kl_coef=0.05, kl_estimator=kl_estimator, loss_agg=loss_agg, dual_clip=dual_clip)
+    loss, metrics = policy_loss(*(jnp.asarray(x, jnp.float32) for x in (logp, old, ref, adv, mask)), cfg)
+    assert float(loss) == pytest.approx(_loop_reference(logp, old, ref, adv, mask, cfg), rel=1e-4)
+    assert 0 < float(metrics["clip_fraction"]) < 1
+    assert (float(metrics["dual_clip_fraction"]) > 0) == (dual_clip is not None and dual_clip < 3)  # c = 3: unused
+
 def test_policy_loss_jits_with_static_config():
     cfg = GRPOConfig(kl_coef=0.1, dual_clip=3.0, loss_agg="seq-mean-token-mean")
     ref_BT = OLD_BT - 0.2
