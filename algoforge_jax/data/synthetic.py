@@ -124,9 +124,13 @@ def _cond_expr(ops: tuple[Op, ...], conn: str = "and") -> str:
     return f" {conn} ".join(_fmt(CONDS[kind][1], arg) for kind, arg in ops)
 
 
-def _random_cond(rng: random.Random) -> Op:
-    kind = rng.choice(sorted(CONDS))
+def _cond(kind: str, rng: random.Random) -> Op:
     return (kind, rng.choice(COND_ARGS[kind]) if kind in COND_ARGS else None)
+
+
+def random_op(family, role: str, rng: random.Random) -> Op:
+    """An op of `role` in `family` (a family lists the op kinds of each role and draws an op's constant)."""
+    return family.make_op(rng.choice(family.kinds(role)), rng)
 
 
 def _random_ints(rng: random.Random) -> list[Any]:
@@ -148,16 +152,15 @@ class ListFamily:
     name = "list"
 
     def sample(self, rng: random.Random) -> tuple[Op, ...]:
-        return tuple(self.random_op("step", rng) for _ in range(rng.randint(0, 3))) + (self.random_op("agg", rng),)
+        return tuple(random_op(self, "step", rng) for _ in range(rng.randint(0, 3))) + (random_op(self, "agg", rng),)
 
-    def random_op(self, role: str, rng: random.Random) -> Op:
-        if role == "agg":
-            return (rng.choice(sorted(LIST_AGGS)), None)
-        if rng.random() < 0.5:
-            kind = rng.choice(sorted(LIST_MAPS))
-            return (kind, rng.choice(MAP_ARGS[kind]) if kind in MAP_ARGS else None)
-        kind, arg = _random_cond(rng)
-        return (f"keep_{kind}", arg)
+    def kinds(self, role: str) -> tuple[str, ...]:
+        return tuple(LIST_AGGS) if role == "agg" else (*LIST_MAPS, *(f"keep_{c}" for c in CONDS))
+
+    def make_op(self, kind: str, rng: random.Random) -> Op:
+        if kind.startswith("keep_"):
+            return (kind, _cond(kind.removeprefix("keep_"), rng)[1])
+        return (kind, rng.choice(MAP_ARGS[kind]) if kind in MAP_ARGS else None)
 
     def role(self, ops: tuple[Op, ...], i: int) -> str:
         return "agg" if i == len(ops) - 1 else "step"
@@ -196,10 +199,13 @@ class TextFamily:
     name = "text"
 
     def sample(self, rng: random.Random) -> tuple[Op, ...]:
-        return tuple(self.random_op("step", rng) for _ in range(rng.randint(0, 3))) + (self.random_op("final", rng),)
+        return tuple(random_op(self, "step", rng) for _ in range(rng.randint(0, 3))) + (
+            random_op(self, "final", rng),)
 
-    def random_op(self, role: str, rng: random.Random) -> Op:
-        kind = rng.choice(sorted(TEXT_FINALS if role == "final" else TEXT_STEPS))
+    def kinds(self, role: str) -> tuple[str, ...]:
+        return tuple(TEXT_FINALS if role == "final" else TEXT_STEPS)
+
+    def make_op(self, kind: str, rng: random.Random) -> Op:
         if kind in ("drop", "count"):
             return (kind, rng.choice(LETTERS))
         if kind == "swap":
@@ -234,12 +240,15 @@ class CountFamily:
     name = "count"
 
     def sample(self, rng: random.Random) -> tuple[Op, ...]:
-        conds = tuple(_random_cond(rng) for _ in range(rng.randint(1, 3)))
-        conn = self.random_op("conn", rng) if len(conds) > 1 else ("and", None)  # one spelling per problem
+        conds = tuple(random_op(self, "cond", rng) for _ in range(rng.randint(1, 3)))
+        conn = random_op(self, "conn", rng) if len(conds) > 1 else ("and", None)  # one spelling per problem
         return (conn,) + conds
 
-    def random_op(self, role: str, rng: random.Random) -> Op:
-        return (rng.choice(("and", "or")), None) if role == "conn" else _random_cond(rng)
+    def kinds(self, role: str) -> tuple[str, ...]:
+        return ("and", "or") if role == "conn" else tuple(CONDS)
+
+    def make_op(self, kind: str, rng: random.Random) -> Op:
+        return _cond(kind, rng) if kind in CONDS else (kind, None)
 
     def role(self, ops: tuple[Op, ...], i: int) -> str:
         return "conn" if i == 0 else "cond"
@@ -279,10 +288,12 @@ class SearchFamily:
     name = "search"
 
     def sample(self, rng: random.Random) -> tuple[Op, ...]:
-        return (self.random_op("mode", rng),) + tuple(_random_cond(rng) for _ in range(rng.randint(1, 2)))
+        return (random_op(self, "mode", rng),) + tuple(random_op(self, "cond", rng) for _ in range(rng.randint(1, 2)))
 
-    def random_op(self, role: str, rng: random.Random) -> Op:
-        return (rng.choice(sorted(SEARCH_MODES)), None) if role == "mode" else _random_cond(rng)
+    def kinds(self, role: str) -> tuple[str, ...]:
+        return tuple(SEARCH_MODES) if role == "mode" else tuple(CONDS)
+
+    make_op = CountFamily.make_op
 
     def role(self, ops: tuple[Op, ...], i: int) -> str:
         return "mode" if i == 0 else "cond"
@@ -306,15 +317,18 @@ class DPFamily:
     name = "dp"
 
     def sample(self, rng: random.Random) -> tuple[Op, ...]:
-        return (self.random_op(rng.choice(("stairs", "seq")), rng),)
+        return (random_op(self, "dp", rng),)
 
-    def random_op(self, role: str, rng: random.Random) -> Op:
-        if role == "stairs":
+    def kinds(self, role: str) -> tuple[str, ...]:
+        return ("stairs", "seq")
+
+    def make_op(self, kind: str, rng: random.Random) -> Op:
+        if kind == "stairs":
             return ("stairs", tuple(sorted(rng.sample(range(1, 6), rng.randint(2, 3)))))
         return ("seq", (rng.randint(0, 3), rng.randint(0, 3), rng.randint(1, 3), rng.randint(1, 3)))
 
     def role(self, ops: tuple[Op, ...], i: int) -> str:
-        return ops[i][0]
+        return "dp"
 
     def render(self, ops: tuple[Op, ...], rng: random.Random) -> tuple[str, str, str]:
         kind, arg = ops[0]
@@ -397,11 +411,36 @@ def split_of(family: str, ops: tuple[Op, ...]) -> str:
     return "heldout" if int.from_bytes(digest[:8], "big") / 2**64 < HELDOUT_SHARE else "train"
 
 
+@functools.lru_cache(maxsize=4096)
 def compile_solution(code: str) -> Callable[..., Any]:
     """The entry point of a *reference* program (our own generated code: run in-process, never model output)."""
     namespace: dict[str, Any] = {}
     exec(code, namespace)  # noqa: S102 - trusted, generated by this module
     return namespace[ENTRY_POINT]
+
+
+@functools.lru_cache(maxsize=4096)
+def _line_function(arg: str, expr: str) -> Callable[[Any], Any]:
+    return eval(f"lambda {arg}: {expr}")  # noqa: S307 - a line of our own generated code
+
+
+def fast_solution(code: str) -> Callable[..., Any]:
+    """`compile_solution(code)`, but for straight-line programs (every line `v = EXPR` or `return EXPR` on the one
+    argument, as in the list and text families) a chain of per-line functions: compiling whole programs dominates
+    test generation, while lines recur across tasks and are compiled once."""
+    head, *body = code.rstrip("\n").split("\n")
+    arg = head[len(f"def {ENTRY_POINT}("):-2]
+    exprs = [line.strip().removeprefix(f"{arg} = ").removeprefix("return ") for line in body]
+    if not all(line.strip().startswith((f"{arg} = ", "return ")) for line in body) or "return" in "".join(exprs):
+        return compile_solution(code)
+    steps = [_line_function(arg, e) for e in exprs]
+
+    def run(value):
+        for step in steps:
+            value = step(value)
+        return value
+
+    return run
 
 
 def _outcome(fn: Callable[..., Any], args: list[Any]) -> Any:
@@ -413,14 +452,14 @@ def _outcome(fn: Callable[..., Any], args: list[Any]) -> Any:
 
 
 def mutants(family: str, ops: tuple[Op, ...], rng: random.Random) -> list[tuple[Op, ...]]:
-    """Single-op changes of `ops`: each op replaced by another of its role, and each integer constant moved by 1."""
+    """Single-op changes of `ops`: each op replaced by one of every kind of its role (a fresh constant where the
+    kind takes one; for `dp` a few fresh draws), and each integer constant moved by 1 either way."""
     fam, out = FAMILIES[family], []
     for i, (kind, arg) in enumerate(ops):
-        other = next((o for o in (fam.random_op(fam.role(ops, i), rng) for _ in range(20)) if o != ops[i]), None)
-        if other is not None:
-            out.append(ops[:i] + (other,) + ops[i + 1:])
+        kinds = fam.kinds(fam.role(ops, i)) * (3 if family == "dp" else 1)
+        out += [ops[:i] + (alt,) + ops[i + 1:] for alt in (fam.make_op(k, rng) for k in kinds) if alt != ops[i]]
         if isinstance(arg, int) and not isinstance(arg, bool):
-            out.append(ops[:i] + ((kind, arg + 1),) + ops[i + 1:])
+            out += [ops[:i] + ((kind, arg + d),) + ops[i + 1:] for d in (-1, 1)]
     return out
 
 
@@ -435,10 +474,13 @@ def make_tests(family: str, ops: tuple[Op, ...], code: str, rng: random.Random) 
     """Edge and random inputs, plus, for each mutant none of them catches, the first search-pool input that does
     (a mutant no such input catches is taken as equivalent); expected values from the reference."""
     fam, ref, pool = FAMILIES[family], compile_solution(code), _search_pool(family)
-    inputs = fam.edge_args() + [fam.random_args(rng) for _ in range(N_RANDOM_TESTS)]
+    inputs = fam.edge_args()
+    for args in (fam.random_args(rng) for _ in range(10 * N_RANDOM_TESTS)):
+        if len(inputs) < len(fam.edge_args()) + N_RANDOM_TESTS and args not in inputs:
+            inputs.append(args)
     outcomes, pool_outcomes = [_outcome(ref, a) for a in inputs], [_outcome(ref, a) for a in pool]
     for mutant_ops in mutants(family, ops, rng):
-        mutant = compile_solution(fam.render(mutant_ops, random.Random(0))[2])
+        mutant = fast_solution(fam.render(mutant_ops, random.Random(0))[2])
         if all(_outcome(mutant, a) == o for a, o in zip(inputs, outcomes)):
             caught = next((i for i, a in enumerate(pool) if _outcome(mutant, a) != pool_outcomes[i]), None)
             if caught is not None:
@@ -507,8 +549,9 @@ def read_tasks(path) -> list[Task]:
         family = rec.get("family", str)
         if family not in FAMILIES:
             raise rec.error("family", f"expected one of {', '.join(FAMILIES)}, got {family!r}")
-        if rec.get("reference_solution", str) is None or problem.entry_point != ENTRY_POINT:
-            raise rec.error("entry_point", f"expected {ENTRY_POINT!r}")
+        if problem.entry_point != ENTRY_POINT:
+            raise rec.error("entry_point", f"expected {ENTRY_POINT!r}, got {problem.entry_point!r}")
+        rec.get("reference_solution", str)  # present: the task's code is its reference
         tasks.append(Task(problem, rec.get("plan", str), family, rec.get("difficulty", int),
                           _from_json(rec.get("ops", list))))
     return tasks
