@@ -39,8 +39,9 @@ def stop_token_ids(tokenizer, model_eos=None) -> tuple[int, ...]:
 
 CHATML_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 SENTENCEPIECE_FILE = "tokenizer.model"
-# Python needs its newlines and indentation kept whole: each is one piece, never merged away.
-_CODE_SYMBOLS = ("\n", "    ", "        ", "            ", "                ")
+# Python needs its newlines and indentation kept whole: each is one piece, never merged away. Indentation is
+# spelled with "▁" (U+2581), sentencepiece's escaped space, because symbols are matched after that escaping.
+_CODE_SYMBOLS = ("\n", *("\u2581" * n for n in (4, 8, 12, 16)))
 
 
 class Tokenizer:
