@@ -120,7 +120,7 @@ class SentencePieceTokenizer(Tokenizer):
 
 def train_sentencepiece(texts, out_dir, vocab_size: int = 1024) -> Path:
     """Trains a BPE sentencepiece model on `texts` and writes `out_dir/tokenizer.model`; deterministic (one thread,
-    every text used in order) and fast (well under a second for the default corpus).
+    every text used in order) and fast (seconds for the default corpus).
 
     Settings that keep Python intact: identity normalisation, no whitespace collapsing or dummy prefix (so
     decode(encode(x)) == x), newlines and indentation runs as whole pieces, digits split one per piece, unknown

@@ -53,8 +53,7 @@ def test_heldout_uses_only_operations_seen_in_training():
 def test_families_and_difficulties_are_all_present(tasks):
     every = tasks["train"] + tasks["heldout"]
     assert {t.family for t in every} == set(synthetic.FAMILIES)
-    assert {t.difficulty for t in every} <= {1, 2, 3, 4}
-    assert {2, 3, 4} <= {t.difficulty for t in tasks["heldout"]}
+    assert {t.difficulty for t in every} == {t.difficulty for t in tasks["heldout"]} == {1, 2, 3}
     assert min(len(t.problem.tests) for t in every) >= 6
 
 

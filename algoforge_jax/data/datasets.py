@@ -17,8 +17,10 @@ examples longer than `seq_len` are skipped (`length_stats` counts them, so pick 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import io
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -110,7 +112,8 @@ def write_tfds(files: dict[str, Path], agent: str, data_dir) -> Path:
     tfds.display_progress_bar(False)  # callers show their own progress
     builder = AlgoforgeSft(files={s: Path(p) for s, p in files.items()}, agent=agent, data_dir=str(data_dir),
                            file_format="array_record")
-    builder.download_and_prepare()
+    with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints "Downloading and preparing..." banners
+        builder.download_and_prepare()
     return Path(builder.data_dir)
 
 

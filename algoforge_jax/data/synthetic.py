@@ -10,7 +10,7 @@ Everything is templated and regular on purpose: the default model learns the map
 Held-out problems generalise, not just re-seed: a task's *signature* is the kinds of its ops when it has three or
 more (an unseen composition of seen operations), else its ops with their constants (an unseen operation/constant
 pairing); a stable hash of the signature puts it in `train` or `heldout`, so no signature is in both. Difficulty
-(1-4) counts the composed operations, so pass rates can be reported per level.
+(1-3) counts the composed operations (steps, conditions; 2-3 for dp), so pass rates can be reported per level.
 
 Tests: edge inputs (the empty list or string, n = 0) plus random ones, then for every single-op mutant of the
 reference that differs on some random input, an input that tells them apart, so wrong programs are caught.
@@ -185,7 +185,7 @@ class ListFamily:
                 _def("xs", [c for _, _, c in parts]))
 
     def difficulty(self, ops: tuple[Op, ...]) -> int:
-        return len(ops)
+        return max(1, len(ops) - 1)  # the map/filter steps; a bare aggregate counts as one
 
     def edge_args(self) -> list[list[Any]]:
         return [[[]], [[0]], [[-3, 7]]]
@@ -225,7 +225,7 @@ class TextFamily:
                 _def("s", [_fmt(p[2], a) for p, (_, a) in zip(parts, ops)]))
 
     def difficulty(self, ops: tuple[Op, ...]) -> int:
-        return len(ops)
+        return max(1, len(ops) - 1)  # the transforms; a bare result counts as one
 
     def edge_args(self) -> list[list[Any]]:
         return [[""], ["a"], ["ab 1"]]
@@ -263,7 +263,7 @@ class CountFamily:
         return f"Given a list of integers xs, {said}.", plan, code
 
     def difficulty(self, ops: tuple[Op, ...]) -> int:
-        return len(ops)
+        return len(ops) - 1  # the conditions
 
     edge_args = ListFamily.edge_args
     random_args = staticmethod(_random_ints)
@@ -305,7 +305,7 @@ class SearchFamily:
                 _numbered([s.format(expr=expr) for s in plan]), _def("xs", [c.format(expr=expr) for c in code]))
 
     def difficulty(self, ops: tuple[Op, ...]) -> int:
-        return len(ops) + (ops[0][0] == "last")
+        return len(ops) - 1 + (ops[0][0] != "first")  # the conditions, plus one for a flag or a running index
 
     edge_args = ListFamily.edge_args
     random_args = staticmethod(_random_ints)
