@@ -120,3 +120,17 @@ def test_asking_for_more_problems_than_exist_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(synthetic, "FAMILIES", {"dp": synthetic.FAMILIES["dp"]})
     with pytest.raises(UserError, match="could not draw 200 train"):  # dp has under 200 distinct problems
         synthetic.generate(0, 200, 10)
+
+
+def test_fast_solution_computes_what_the_compiled_program_does(tasks):
+    # Mutants run as chains of per-line functions: that path must agree with the real program, mutants included.
+    rng, checked = random.Random(1), 0
+    for t in tasks["train"][:60]:
+        fam = synthetic.FAMILIES[t.family]
+        for ops in [t.ops, *synthetic.mutants(t.family, t.ops, rng)[:5]]:
+            code = fam.render(ops, rng)[2]
+            fast, real = synthetic.fast_solution(code), synthetic.compile_solution(code)
+            checked += fast is not real  # straight-line programs take the fast path
+            for args in fam.edge_args() + [fam.random_args(rng) for _ in range(10)]:
+                assert synthetic._outcome(fast, args) == synthetic._outcome(real, args), (code, args)
+    assert checked > 50

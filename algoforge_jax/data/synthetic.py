@@ -32,7 +32,7 @@ from typing import Any
 from algoforge_jax.errors import UserError
 from algoforge_jax.jsonl import jsonl_text
 from eval.benchmarks import load_benchmark
-from eval.problems import Problem
+from eval.problems import Problem, Test
 from eval.records import read_records
 
 ENTRY_POINT = "solve"
@@ -71,8 +71,11 @@ LIST_MAPS = {
             "Replace each element x by x % {k}.", "xs = [x % {k} for x in xs]"),
 }
 MAP_ARGS = {"add": range(1, 10), "sub": range(1, 10), "mul": range(2, 6), "mod": range(2, 10)}
-LIST_FILTER = (("keep only the numbers that are {cond}", "drop the numbers that are not {cond}"),
-               "Keep the elements x with {expr}.", "xs = [x for x in xs if {expr}]")
+LIST_FILTERS = {
+    f"keep_{kind}": ((f"keep only the numbers that are {phrase}", f"drop the numbers that are not {phrase}"),
+                     f"Keep the elements x with {expr}.", f"xs = [x for x in xs if {expr}]")
+    for kind, (phrase, expr) in CONDS.items()
+}
 LIST_AGGS = {
     "sum": (("return their sum", "return the sum of what remains"), "Return the sum.", "return sum(xs)"),
     "len": (("return how many numbers remain", "return the count of what remains"), "Return the length.",
@@ -111,6 +114,7 @@ TEXT_ALPHABET = "aabcdeiouxyz  019"  # vowels, spaces and digits common enough f
 
 
 def _fmt(template: str, arg: Any) -> str:
+    """A template filled with an op's argument: {k} an integer, {c} a character, {c} and {d} a pair of them."""
     if isinstance(arg, tuple) and len(arg) == 2 and all(isinstance(a, str) for a in arg):
         return template.format(c=arg[0], d=arg[1])
     return template.format(k=arg, c=arg)
@@ -146,46 +150,47 @@ def _numbered(steps: list[str]) -> str:
     return "\n".join(f"{i}. {step}" for i, step in enumerate(steps, 1))
 
 
-class ListFamily:
-    """Map and filter steps over a list of integers, then one aggregate."""
+class ChainFamily:
+    """0-3 steps that each rebind the argument, then a final expression: every op is one statement clause, one plan
+    step and one code line. Subclasses give the tables and how an op's constant is drawn."""
 
-    name = "list"
+    name: str
+    arg: str  # the argument's name
+    subject: str  # how the statement introduces it
+    steps: dict[str, tuple]  # kind -> (statement variants, plan step, code line)
+    finals: dict[str, tuple]
 
     def sample(self, rng: random.Random) -> tuple[Op, ...]:
-        return tuple(random_op(self, "step", rng) for _ in range(rng.randint(0, 3))) + (random_op(self, "agg", rng),)
+        return tuple(random_op(self, "step", rng) for _ in range(rng.randint(0, 3))) + (random_op(self, "final", rng),)
 
     def kinds(self, role: str) -> tuple[str, ...]:
-        return tuple(LIST_AGGS) if role == "agg" else (*LIST_MAPS, *(f"keep_{c}" for c in CONDS))
-
-    def make_op(self, kind: str, rng: random.Random) -> Op:
-        if kind.startswith("keep_"):
-            return (kind, _cond(kind.removeprefix("keep_"), rng)[1])
-        return (kind, rng.choice(MAP_ARGS[kind]) if kind in MAP_ARGS else None)
+        return tuple(self.finals if role == "final" else self.steps)
 
     def role(self, ops: tuple[Op, ...], i: int) -> str:
-        return "agg" if i == len(ops) - 1 else "step"
-
-    def _parts(self, op: Op, final: bool) -> tuple[tuple[str, ...], str, str]:
-        kind, arg = op
-        if final:
-            return LIST_AGGS[kind]
-        if kind in LIST_MAPS:
-            return tuple(_fmt(t, arg) for t in LIST_MAPS[kind][0]), _fmt(LIST_MAPS[kind][1], arg), _fmt(
-                LIST_MAPS[kind][2], arg)
-        cond = (kind.removeprefix("keep_"), arg)
-        expr, phrase = _cond_expr((cond,)), _cond_phrase(cond)
-        return (tuple(t.format(cond=phrase) for t in LIST_FILTER[0]), LIST_FILTER[1].format(expr=expr),
-                LIST_FILTER[2].format(expr=expr))
+        return "final" if i == len(ops) - 1 else "step"
 
     def render(self, ops: tuple[Op, ...], rng: random.Random) -> tuple[str, str, str]:
-        parts = [self._parts(op, i == len(ops) - 1) for i, op in enumerate(ops)]
-        clauses = [rng.choice(variants) for variants, _, _ in parts]
+        tables = [self.steps] * (len(ops) - 1) + [self.finals]
+        entries = [(table[kind], arg) for table, (kind, arg) in zip(tables, ops)]
+        clauses = [_fmt(rng.choice(said), arg) for (said, _, _), arg in entries]
         said = ", ".join(clauses[:-1]) + ", then " + clauses[-1] if len(clauses) > 1 else clauses[-1]
-        return (f"Given a list of integers xs, {said}.", _numbered([p for _, p, _ in parts]),
-                _def("xs", [c for _, _, c in parts]))
+        return (f"Given {self.subject}, {said}.", _numbered([_fmt(plan, arg) for (_, plan, _), arg in entries]),
+                _def(self.arg, [_fmt(code, arg) for (_, _, code), arg in entries]))
 
     def difficulty(self, ops: tuple[Op, ...]) -> int:
-        return max(1, len(ops) - 1)  # the map/filter steps; a bare aggregate counts as one
+        return max(1, len(ops) - 1)  # the steps; a bare final expression counts as one
+
+
+class ListFamily(ChainFamily):
+    """Map and filter steps over a list of integers, then one aggregate."""
+
+    name, arg, subject = "list", "xs", "a list of integers xs"
+    steps, finals = {**LIST_MAPS, **LIST_FILTERS}, LIST_AGGS
+
+    def make_op(self, kind: str, rng: random.Random) -> Op:
+        if kind in LIST_FILTERS:
+            return (kind, _cond(kind.removeprefix("keep_"), rng)[1])
+        return (kind, rng.choice(MAP_ARGS[kind]) if kind in MAP_ARGS else None)
 
     def edge_args(self) -> list[list[Any]]:
         return [[[]], [[0]], [[-3, 7]]]
@@ -193,17 +198,11 @@ class ListFamily:
     random_args = staticmethod(_random_ints)
 
 
-class TextFamily:
+class TextFamily(ChainFamily):
     """String transforms of s, then the string, its length or a character count."""
 
-    name = "text"
-
-    def sample(self, rng: random.Random) -> tuple[Op, ...]:
-        return tuple(random_op(self, "step", rng) for _ in range(rng.randint(0, 3))) + (
-            random_op(self, "final", rng),)
-
-    def kinds(self, role: str) -> tuple[str, ...]:
-        return tuple(TEXT_FINALS if role == "final" else TEXT_STEPS)
+    name, arg, subject = "text", "s", "a string s"
+    steps, finals = TEXT_STEPS, TEXT_FINALS
 
     def make_op(self, kind: str, rng: random.Random) -> Op:
         if kind in ("drop", "count"):
@@ -212,20 +211,6 @@ class TextFamily:
             c, d = rng.sample(LETTERS, 2)
             return (kind, (c, d))
         return (kind, None)
-
-    def role(self, ops: tuple[Op, ...], i: int) -> str:
-        return "final" if i == len(ops) - 1 else "step"
-
-    def render(self, ops: tuple[Op, ...], rng: random.Random) -> tuple[str, str, str]:
-        tables = [TEXT_STEPS] * (len(ops) - 1) + [TEXT_FINALS]
-        parts = [tuple(table[kind]) for table, (kind, _) in zip(tables, ops)]
-        clauses = [_fmt(rng.choice(p[0]), arg) for p, (_, arg) in zip(parts, ops)]
-        said = ", ".join(clauses[:-1]) + ", then " + clauses[-1] if len(clauses) > 1 else clauses[-1]
-        return (f"Given a string s, {said}.", _numbered([_fmt(p[1], a) for p, (_, a) in zip(parts, ops)]),
-                _def("s", [_fmt(p[2], a) for p, (_, a) in zip(parts, ops)]))
-
-    def difficulty(self, ops: tuple[Op, ...]) -> int:
-        return max(1, len(ops) - 1)  # the transforms; a bare result counts as one
 
     def edge_args(self) -> list[list[Any]]:
         return [[""], ["a"], ["ab 1"]]
@@ -415,13 +400,13 @@ def split_of(family: str, ops: tuple[Op, ...]) -> str:
 def compile_solution(code: str) -> Callable[..., Any]:
     """The entry point of a *reference* program (our own generated code: run in-process, never model output)."""
     namespace: dict[str, Any] = {}
-    exec(code, namespace)  # noqa: S102 - trusted, generated by this module
+    exec(code, namespace)
     return namespace[ENTRY_POINT]
 
 
 @functools.lru_cache(maxsize=4096)
 def _line_function(arg: str, expr: str) -> Callable[[Any], Any]:
-    return eval(f"lambda {arg}: {expr}")  # noqa: S307 - a line of our own generated code
+    return eval(f"lambda {arg}: {expr}")  # a line of our own generated code, like compile_solution's
 
 
 def fast_solution(code: str) -> Callable[..., Any]:
@@ -431,7 +416,7 @@ def fast_solution(code: str) -> Callable[..., Any]:
     head, *body = code.rstrip("\n").split("\n")
     arg = head[len(f"def {ENTRY_POINT}("):-2]
     exprs = [line.strip().removeprefix(f"{arg} = ").removeprefix("return ") for line in body]
-    if not all(line.strip().startswith((f"{arg} = ", "return ")) for line in body) or "return" in "".join(exprs):
+    if not all(line.startswith((f"    {arg} = ", "    return ")) for line in body):
         return compile_solution(code)
     steps = [_line_function(arg, e) for e in exprs]
 
@@ -470,7 +455,7 @@ def _search_pool(family: str) -> tuple[list[Any], ...]:
     return tuple(FAMILIES[family].random_args(rng) for _ in range(N_SEARCH))
 
 
-def make_tests(family: str, ops: tuple[Op, ...], code: str, rng: random.Random) -> tuple[dict[str, Any], ...]:
+def make_tests(family: str, ops: tuple[Op, ...], code: str, rng: random.Random) -> tuple[Test, ...]:
     """Edge and random inputs, plus, for each mutant none of them catches, the first search-pool input that does
     (a mutant no such input catches is taken as equivalent); expected values from the reference."""
     fam, ref, pool = FAMILIES[family], compile_solution(code), _search_pool(family)
@@ -487,7 +472,7 @@ def make_tests(family: str, ops: tuple[Op, ...], code: str, rng: random.Random) 
                 inputs.append(pool[caught])
                 outcomes.append(pool_outcomes[caught])
     unique = {json.dumps(a): (a, o) for a, o in zip(inputs, outcomes)}
-    return tuple({"type": "call", "fn_name": ENTRY_POINT, "args": a, "expected": o[1]} for a, o in unique.values())
+    return tuple(Test("call", fn_name=ENTRY_POINT, args=a, expected=o[1]) for a, o in unique.values())
 
 
 def make_task(task_id: str, family: str, ops: tuple[Op, ...], seed: int) -> Task:
@@ -495,18 +480,9 @@ def make_task(task_id: str, family: str, ops: tuple[Op, ...], seed: int) -> Task
     rng = random.Random(f"{seed}:{family}:{ops!r}")
     fam = FAMILIES[family]
     prompt, plan, code = fam.render(ops, rng)
-    record = {"task_id": task_id, "prompt": prompt, "entry_point": ENTRY_POINT,
-              "tests": list(make_tests(family, ops, code, rng)), "reference_solution": code}
-    problem = _problem_from_json(record)
+    problem = Problem(task_id, prompt, make_tests(family, ops, code, rng), entry_point=ENTRY_POINT,
+                      reference_solution=code)
     return Task(problem, plan, family, fam.difficulty(ops), ops)
-
-
-def _problem_from_json(record: dict[str, Any]) -> Problem:
-    from eval.problems import Test
-
-    tests = tuple(Test("call", fn_name=t["fn_name"], args=t["args"], expected=t["expected"]) for t in record["tests"])
-    return Problem(record["task_id"], record["prompt"], tests, entry_point=record["entry_point"],
-                   reference_solution=record["reference_solution"])
 
 
 def generate(seed: int, n_train: int, n_heldout: int) -> dict[str, list[Task]]:
