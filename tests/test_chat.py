@@ -134,3 +134,11 @@ def test_a_tokenizer_without_chatml_specials_is_refused(tmp_path):
                                                  vocab_size=20, minloglevel=2, hard_vocab_limit=False)
     with pytest.raises(UserError, match="lacks the ChatML specials"):
         open_tokenizer(tmp_path)
+
+
+def test_the_sentencepiece_model_travels_with_a_saved_model(spm, tmp_path):
+    from algoforge_jax.convert.hf import copy_sidecar_files
+
+    copy_sidecar_files(spm.path.parent, tmp_path / "model")
+    found = open_tokenizer(tmp_path / "model")
+    assert isinstance(found, SentencePieceTokenizer) and found.encode("def solve(xs):") == spm.encode("def solve(xs):")

@@ -40,6 +40,10 @@ SPLITS = ("train", "heldout")
 HELDOUT_SHARE = 0.2  # share of signatures held out
 N_RANDOM_TESTS = 5
 N_SEARCH = 60  # random inputs tried to separate a mutant from the reference
+# How deep problems compose (the difficulty knobs): chain steps before the final op, conditions per problem.
+MAX_STEPS = 3
+MAX_COUNT_CONDS = 3
+MAX_SEARCH_CONDS = 2
 
 Op = tuple[str, Any]  # (kind, argument): argument is None, an int, a one-character string or a tuple of ints
 
@@ -161,7 +165,8 @@ class ChainFamily:
     finals: dict[str, tuple]
 
     def sample(self, rng: random.Random) -> tuple[Op, ...]:
-        return tuple(random_op(self, "step", rng) for _ in range(rng.randint(0, 3))) + (random_op(self, "final", rng),)
+        return tuple(random_op(self, "step", rng) for _ in range(rng.randint(0, MAX_STEPS))) + (
+            random_op(self, "final", rng),)
 
     def kinds(self, role: str) -> tuple[str, ...]:
         return tuple(self.finals if role == "final" else self.steps)
@@ -225,7 +230,7 @@ class CountFamily:
     name = "count"
 
     def sample(self, rng: random.Random) -> tuple[Op, ...]:
-        conds = tuple(random_op(self, "cond", rng) for _ in range(rng.randint(1, 3)))
+        conds = tuple(random_op(self, "cond", rng) for _ in range(rng.randint(1, MAX_COUNT_CONDS)))
         conn = random_op(self, "conn", rng) if len(conds) > 1 else ("and", None)  # one spelling per problem
         return (conn,) + conds
 
@@ -273,7 +278,8 @@ class SearchFamily:
     name = "search"
 
     def sample(self, rng: random.Random) -> tuple[Op, ...]:
-        return (random_op(self, "mode", rng),) + tuple(random_op(self, "cond", rng) for _ in range(rng.randint(1, 2)))
+        mode = random_op(self, "mode", rng)
+        return (mode, *(random_op(self, "cond", rng) for _ in range(rng.randint(1, MAX_SEARCH_CONDS))))
 
     def kinds(self, role: str) -> tuple[str, ...]:
         return tuple(SEARCH_MODES) if role == "mode" else tuple(CONDS)
