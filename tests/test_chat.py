@@ -142,3 +142,14 @@ def test_the_sentencepiece_model_travels_with_a_saved_model(spm, tmp_path):
     copy_sidecar_files(spm.path.parent, tmp_path / "model")
     found = open_tokenizer(tmp_path / "model")
     assert isinstance(found, SentencePieceTokenizer) and found.encode("def solve(xs):") == spm.encode("def solve(xs):")
+
+
+@pytest.mark.parametrize("which", ["qwen", "spm"])
+def test_sampler_prompt_is_the_training_prefix(which, request, rows):
+    from algoforge_jax.data.chat import prompt_ids, row_problem
+
+    tok, row = request.getfixturevalue(which), rows[1][0]
+    for agent in ("planner", "coder"):
+        ids, mask = sft_example(tok, agent, row, compact=True)
+        prompt = prompt_ids(tok, agent, row_problem(row), row["plan"] if agent == "coder" else None, compact=True)
+        assert ids[:len(prompt)] == prompt and mask.index(1) == len(prompt)

@@ -49,13 +49,26 @@ def row_problem(row: dict[str, Any]) -> Problem:
     return Problem(str(row["task_id"]), row["problem"], (), entry_point=row.get("entry_point"))
 
 
-def agent_messages(agent: str, row: dict[str, Any], compact: bool = False) -> list[dict[str, str]]:
-    """The prompt `agent` is given for a dataset row (the Coder's holds the row's plan)."""
+def problem_messages(agent: str, problem: Problem, plan: str | None = None,
+                     compact: bool = False) -> list[dict[str, str]]:
+    """The prompt `agent` is given for a problem (the Coder's holds the plan)."""
     if agent == "planner":
-        return planner_messages(row_problem(row), compact)
+        return planner_messages(problem, compact)
     if agent == "coder":
-        return coder_messages(row_problem(row), row["plan"], compact)
+        return coder_messages(problem, plan, compact)
     raise ValueError(f"agent must be one of {AGENTS}, got {agent!r}")
+
+
+def agent_messages(agent: str, row: dict[str, Any], compact: bool = False) -> list[dict[str, str]]:
+    """The prompt `agent` is given for a dataset row."""
+    return problem_messages(agent, row_problem(row), row.get("plan"), compact)
+
+
+def prompt_ids(tokenizer: Tokenizer, agent: str, problem: Problem, plan: str | None = None,
+               compact: bool = False) -> list[int]:
+    """The ids a sampler starts `agent` from: its prompt and the generation prompt, exactly the prefix of the
+    training example before the answer."""
+    return render_chat(tokenizer, problem_messages(agent, problem, plan, compact), add_generation_prompt=True)[0]
 
 
 def code_answer(code: str) -> str:
