@@ -131,7 +131,8 @@ def train_sentencepiece(texts, out_dir, vocab_size: int = 1024) -> Path:
 
     out = Path(out_dir) / SENTENCEPIECE_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "wb") as f:
+    tmp = out.with_name(f".{out.name}.tmp")  # renamed into place when complete: a killed run leaves no half model
+    with open(tmp, "wb") as f:
         sentencepiece.SentencePieceTrainer.train(
             sentence_iterator=iter(texts), model_writer=f, vocab_size=vocab_size, model_type="bpe",
             normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
@@ -139,6 +140,7 @@ def train_sentencepiece(texts, out_dir, vocab_size: int = 1024) -> Path:
             user_defined_symbols=[*_CODE_SYMBOLS, *CHATML_SPECIALS], unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
             character_coverage=1.0, input_sentence_size=0, shuffle_input_sentence=False, hard_vocab_limit=False,
             num_threads=1, minloglevel=2)
+    os.replace(tmp, out)
     return out
 
 

@@ -34,6 +34,7 @@ from algoforge_jax.errors import UserError
 from algoforge_jax.jsonl import jsonl_text
 from algoforge_jax.tokenizer import Tokenizer
 from eval.records import OPT_STR, read_records
+from eval.score import write_atomic
 
 FIELDS = {"planner": ("task_id", "problem", "plan"), "coder": ("task_id", "problem", "plan", "code")}
 STORED = ("task_id", "problem", "plan", "code", "entry_point")  # what the TFDS dataset holds ("" when absent)
@@ -67,7 +68,7 @@ def write_rows(path, rows: Iterable[dict[str, Any]], agent: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     keep = (*FIELDS[agent], "entry_point")
-    path.write_text(jsonl_text({k: r.get(k) for k in keep} for r in rows), encoding="utf-8")
+    write_atomic(path, jsonl_text({k: r.get(k) for k in keep} for r in rows))  # a killed run leaves no half file
     return path
 
 

@@ -34,6 +34,7 @@ from algoforge_jax.jsonl import jsonl_text
 from eval.benchmarks import load_benchmark
 from eval.problems import Problem, Test
 from eval.records import read_records
+from eval.score import write_atomic
 
 ENTRY_POINT = "solve"
 SPLITS = ("train", "heldout")
@@ -518,7 +519,7 @@ def write_problems(out_dir, seed: int, n_train: int, n_heldout: int) -> dict[str
     paths = {}
     for split, tasks in generate(seed, n_train, n_heldout).items():
         paths[split] = out_dir / f"{split}.jsonl"
-        paths[split].write_text(jsonl_text(t.to_json() for t in tasks), encoding="utf-8")
+        write_atomic(paths[split], jsonl_text(t.to_json() for t in tasks))  # a killed run leaves no half file
     return paths
 
 
