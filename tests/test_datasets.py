@@ -127,7 +127,7 @@ def test_process_shards_are_disjoint_and_cover_the_data(built):
     assert len(whole) == 40 and len(set(whole)) == 40
     assert set(shards[0]).isdisjoint(shards[1]) and sorted(shards[0] + shards[1]) == sorted(whole)
     with pytest.raises(UserError, match="batch size 3 does not divide over 2 processes"):
-        datasets.sft_dataset([], built[2], "coder", datasets.BatchSpec(3, 64), process_index=0, process_count=2)
+        datasets.sft_dataset([ROW], built[2], "coder", datasets.BatchSpec(3, 64), process_index=0, process_count=2)
 
 
 def test_examples_longer_than_seq_len_are_skipped_and_counted(built):
@@ -155,3 +155,13 @@ def test_build_embedded_writes_everything_once(tmp_path):
     stamp = model.stat().st_mtime_ns
     assert build_embedded(tmp_path, seed=2, n_train=30, n_heldout=6).tokenizer_dir == data.tokenizer_dir
     assert model.stat().st_mtime_ns == stamp  # found, not rebuilt
+
+
+def test_a_seq_len_nothing_fits_fails_at_once(built):
+    _, tfds_dir, tok = built
+    with pytest.raises(UserError, match=r"^seq_len 20 is too short: the shortest of the first 40 examples has \d+"):
+        datasets.sft_dataset(datasets.open_split(tfds_dir, "train"), tok, "coder", datasets.BatchSpec(2, 20),
+                             process_index=0, process_count=1)
+    with pytest.raises(UserError, match="shard of the dataset is empty"):
+        datasets.sft_dataset(datasets.open_split(tfds_dir, "heldout"), tok, "coder", datasets.BatchSpec(16, 64),
+                             process_index=9, process_count=16)

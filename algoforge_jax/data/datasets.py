@@ -12,7 +12,8 @@ through `chat.sft_example`, right-padded to `seq_len` and batched, so every batc
 dict to store in a checkpoint; `set_state()` on a fresh iterator resumes the identical batch sequence.
 
 Deliberately left out: packing several examples into one row (the model has no segment-aware attention mask);
-examples longer than `seq_len` are skipped (`length_stats` counts them, so pick `seq_len` from it).
+examples longer than `seq_len` are skipped (`length_stats` counts them, so pick `seq_len` from it); a `seq_len`
+that none of the first examples fits is an error, not an endless search.
 """
 
 from __future__ import annotations
@@ -177,13 +178,25 @@ def sft_dataset(source, tokenizer: Tokenizer, agent: str, spec: BatchSpec, proce
         process_index, process_count = jax.process_index(), jax.process_count()
     if spec.batch_size % process_count:
         raise UserError(f"batch size {spec.batch_size} does not divide over {process_count} processes")
-    ds = grain.MapDataset.source(source)[process_index::process_count]
-    ds = ds.seed(spec.seed).shuffle().repeat(spec.num_epochs)
-    ds = ds.map(functools.partial(_encode, tokenizer=tokenizer, agent=agent, compact=spec.compact))
+    encode = functools.partial(_encode, tokenizer=tokenizer, agent=agent, compact=spec.compact)
+    shard = grain.MapDataset.source(source)[process_index::process_count]
+    _check_some_fit(shard, encode, spec.seq_len)
+    ds = shard.seed(spec.seed).shuffle().repeat(spec.num_epochs).map(encode)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=spec.read_threads, prefetch_buffer_size=64))
     it = it.filter(lambda ex: len(ex["tokens"]) <= spec.seq_len)
     it = it.map(functools.partial(_pad, seq_len=spec.seq_len, pad_id=tokenizer.pad_id))
     return it.batch(spec.batch_size // process_count, drop_remainder=True)
+
+
+def _check_some_fit(shard: grain.MapDataset, encode, seq_len: int, probe: int = 64) -> None:
+    """Fails at once, rather than skipping rows forever, when the shard is empty or none of its first `probe`
+    examples fits `seq_len`."""
+    if len(shard) == 0:
+        raise UserError("this process's shard of the dataset is empty: more processes than rows")
+    shortest = min(len(encode(shard[i])["tokens"]) for i in range(min(probe, len(shard))))
+    if shortest > seq_len:
+        raise UserError(f"seq_len {seq_len} is too short: the shortest of the first {min(probe, len(shard))} "
+                        f"examples has {shortest} tokens")
 
 
 def sft_batches(source, tokenizer: Tokenizer, agent: str, spec: BatchSpec, **shard) -> grain.DatasetIterator:
