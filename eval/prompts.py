@@ -49,14 +49,19 @@ def cot_messages(problem: Problem) -> list[dict[str, str]]:
     return [{"role": "system", "content": CODER_SYSTEM}, {"role": "user", "content": user}]
 
 
-def planner_messages(problem: Problem) -> list[dict[str, str]]:
-    """Ask the Planner for a numbered plan, and no code."""
+def planner_messages(problem: Problem, compact: bool = False) -> list[dict[str, str]]:
+    """Ask the Planner for a numbered plan, and no code. `compact`: the embedded default's wording (no system
+    message, a one-line request), since a tiny model trained from scratch pays for every prompt token."""
+    if compact:
+        return [{"role": "user", "content": f"{_statement(problem)}\nWrite a plan."}]
     user = (f"{_statement(problem)}\n\nWrite a short numbered plan for solving this problem: the algorithm, the data "
             "structures, and the edge cases to handle. Do not write code.")
     return [{"role": "system", "content": PLANNER_SYSTEM}, {"role": "user", "content": user}]
 
 
-def coder_messages(problem: Problem, plan: str) -> list[dict[str, str]]:
-    """Ask the Coder for the program that implements the Planner's plan."""
+def coder_messages(problem: Problem, plan: str, compact: bool = False) -> list[dict[str, str]]:
+    """Ask the Coder for the program that implements the Planner's plan (`compact` as for `planner_messages`)."""
+    if compact:
+        return [{"role": "user", "content": f"{_statement(problem)}\nPlan:\n{plan.strip()}\nWrite the code."}]
     user = f"{_statement(problem)}\n\nPlan:\n{plan.strip()}\n\nImplement this plan. {_answer_format()}"
     return [{"role": "system", "content": CODER_SYSTEM}, {"role": "user", "content": user}]

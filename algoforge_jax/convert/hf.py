@@ -42,6 +42,7 @@ SIDECAR_FILES = (
     "special_tokens_map.json",
     "added_tokens.json",
     "chat_template.jinja",
+    "tokenizer.model",  # the embedded default's sentencepiece model
 )
 INDEX_FILE = "model.safetensors.index.json"
 
