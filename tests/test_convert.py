@@ -120,14 +120,14 @@ def test_multi_file_safetensors_load(sources, tmp_path):
     assert (tmp_path / INDEX_FILE).exists() and len(list(tmp_path.glob("*.safetensors"))) >= 3
     mesh = one_device_mesh()
     ids, valid = tokens_and_mask()
-    split = forward(load_hf_model(tmp_path, mesh), ids, valid)
-    whole = forward(load_hf_model(src, mesh), ids, valid)
+    split = forward(load_hf_model(tmp_path, mesh, TRAIN_RULES), ids, valid)
+    whole = forward(load_hf_model(src, mesh, TRAIN_RULES), ids, valid)
     np.testing.assert_array_equal(np.asarray(split), np.asarray(whole))
 
 
 def test_export_with_small_max_shard_bytes_writes_an_index(sources, mesh8, tmp_path):
     hf, src = sources[False]
-    out = export_hf(load_hf_model(src, mesh8), tmp_path / "out", dtype="float32", max_shard_bytes=300_000)
+    out = export_hf(load_hf_model(src, mesh8, TRAIN_RULES), tmp_path / "out", dtype="float32", max_shard_bytes=300_000)
     files = sorted(out.glob("*.safetensors"))
     index = json.loads((out / INDEX_FILE).read_text())
     assert len(files) >= 3 and not (out / "model.safetensors").exists()
@@ -222,7 +222,7 @@ def test_bad_checkpoint_names_the_problem(sources, tmp_path, case):
     corrupt, pattern = BAD[case]
     corrupt(bad)
     with pytest.raises(UserError, match=pattern):
-        load_hf_model(bad, one_device_mesh())
+        load_hf_model(bad, one_device_mesh(), TRAIN_RULES)
 
 
 def split_with_index(src, dst, duplicate=False):
@@ -243,18 +243,18 @@ def test_own_index_loads_and_bad_index_names_the_problem(sources, tmp_path):
     hf, src = sources[False]
     split_with_index(src, tmp_path / "ok")
     ids, valid = tokens_and_mask()
-    logits = forward(load_hf_model(tmp_path / "ok", one_device_mesh()), ids, valid)
+    logits = forward(load_hf_model(tmp_path / "ok", one_device_mesh(), TRAIN_RULES), ids, valid)
     assert np.abs(np.asarray(logits)[valid] - hf_logits(hf, ids, valid)[valid]).max() <= 1e-4
 
     name = split_with_index(src, tmp_path / "dup", duplicate=True)
     with pytest.raises(UserError, match=f"b.safetensors: tensor '{name}' is set twice"):
-        load_hf_model(tmp_path / "dup", one_device_mesh())
+        load_hf_model(tmp_path / "dup", one_device_mesh(), TRAIN_RULES)
 
     index = json.loads((tmp_path / "ok" / INDEX_FILE).read_text())
     index["weight_map"]["model.norm.weight"] = "model-00099-of-00099.safetensors"
     (tmp_path / "ok" / INDEX_FILE).write_text(json.dumps(index))
     with pytest.raises(UserError, match="lists model-00099-of-00099.safetensors, which does not exist"):
-        load_hf_model(tmp_path / "ok", one_device_mesh())
+        load_hf_model(tmp_path / "ok", one_device_mesh(), TRAIN_RULES)
     (tmp_path / "ok" / INDEX_FILE).write_text(json.dumps({"metadata": {}}))
     with pytest.raises(UserError, match="'weight_map'"):
-        load_hf_model(tmp_path / "ok", one_device_mesh())
+        load_hf_model(tmp_path / "ok", one_device_mesh(), TRAIN_RULES)

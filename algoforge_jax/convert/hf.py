@@ -211,7 +211,7 @@ def _int_keys(path: str) -> list:
     return [int(p) if p.isdigit() else p for p in path.split(".")]
 
 
-def load_hf_model(model_dir, mesh: Mesh, rules=sharding.SAMPLE_RULES, **overrides) -> Qwen2ForCausalLM:
+def load_hf_model(model_dir, mesh: Mesh, rules: sharding.ShardingRules, **overrides) -> Qwen2ForCausalLM:
     """A sharded model from a Hugging Face directory. `overrides` set config fields such as dtype."""
     model_dir = Path(model_dir)
     cfg = load_hf_config(model_dir / "config.json", **overrides)
