@@ -194,10 +194,16 @@ def from_host(value: np.ndarray, target: NamedSharding, dtype=None) -> jax.Array
 
 
 def to_host(array: jax.Array) -> np.ndarray:
-    """The whole array as numpy on this host; on a multi-host mesh every process must call it (a collective)."""
-    if array.is_fully_addressable:
-        return np.asarray(jax.device_get(array))
-    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+    """The whole array as numpy on this host; on a multi-host mesh every process must call it (a collective).
+
+    Read through a new jax.Array over the same device buffers, dropped on return: `np.asarray` keeps the host copy
+    cached on the array it reads, so reading a live model's parameters directly would leave all of them in host
+    memory (an export of a 32B model would end holding it whole).
+    """
+    if not array.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True))  # reads a temporary array too
+    shards = [shard.data for shard in array.addressable_shards]
+    return np.asarray(jax.make_array_from_single_device_arrays(array.shape, array.sharding, shards))
 
 
 def is_sharded(array: jax.Array) -> bool:

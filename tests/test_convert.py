@@ -1,7 +1,9 @@
 """convert/hf.py: HF -> JAX -> HF (and via orbax) bit-exact, sharded files both ways, and bad checkpoints refused."""
 
+import gc
 import json
 import shutil
+import tracemalloc
 
 import jax
 import numpy as np
@@ -139,9 +141,32 @@ def test_export_with_small_max_shard_bytes_writes_an_index(sources, mesh8, tmp_p
     assert_same_logits(load_with_transformers(out), hf)
 
 
+def test_export_streams_with_about_one_shard_in_host_memory(mesh8, tmp_path):
+    """Holding every shard until the end (as export once did) would peak above 7 shards here; streaming stays
+    under 2 (one tensor at a time, plus jax's bookkeeping)."""
+    hf = save_hf_model(tmp_path / "src", hidden_size=32, intermediate_size=256, num_hidden_layers=12,
+                       tie_word_embeddings=True)  # largest tensor: the 128 kB embedding
+    model = load_hf_model(tmp_path / "src", mesh8, TRAIN_RULES)
+    export_hf(model, tmp_path / "warm", dtype="float32")  # jax's one-time caches for these shardings
+    shard = 200_000
+    tracemalloc.start()
+    try:
+        out = export_hf(model, tmp_path / "out", dtype="float32", max_shard_bytes=shard)
+        gc.collect()
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    total = json.loads((out / INDEX_FILE).read_text())["metadata"]["total_size"]
+    print(f"export of {total} bytes in shards of {shard}: peak {peak} bytes of host memory, {held} held after")
+    assert total > 7 * shard and len(list(out.glob("*.safetensors"))) > 7
+    assert peak < 2 * shard and held < shard / 4
+    assert_bit_exact(out, hf)
+    assert_same_logits(load_with_transformers(out), hf)
+
+
 def test_bf16_export_loads_in_transformers(sources, tmp_path):
     hf, src = sources[True]
-    model = load_hf_model(src, one_device_mesh(), checkpoint_dtype="bfloat16")
+    model = load_hf_model(src, one_device_mesh(), TRAIN_RULES, checkpoint_dtype="bfloat16")
     out = export_hf(model, tmp_path / "out")  # the config's checkpoint_dtype
     written = read_dir(out)
     for name, tensor in saved_tensors(hf).items():  # round to nearest even, as torch does
