@@ -68,7 +68,7 @@ def read_config(path, **overrides) -> Qwen2Config:
     return config_from_json(data, source=str(path / "model_config"), **overrides)
 
 
-def load_model(path, mesh: Mesh, rules=sharding.SAMPLE_RULES, **overrides) -> Qwen2ForCausalLM:
+def load_model(path, mesh: Mesh, rules: sharding.ShardingRules, **overrides) -> Qwen2ForCausalLM:
     """Restores a checkpoint onto `mesh` with `rules`; `overrides` change config fields such as dtype.
 
     Parameters are restored in the checkpoint's own dtype unless `param_dtype` is overridden.
@@ -102,7 +102,7 @@ def tokenizer_dir(model_path) -> Path | None:
     return None
 
 
-def load_pretrained(path, mesh: Mesh, rules=sharding.SAMPLE_RULES, **overrides) -> Qwen2ForCausalLM:
+def load_pretrained(path, mesh: Mesh, rules: sharding.ShardingRules, **overrides) -> Qwen2ForCausalLM:
     """A model from either a Hugging Face directory or an orbax checkpoint of ours."""
     path = Path(path)
     if is_orbax_checkpoint(path):

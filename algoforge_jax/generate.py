@@ -104,7 +104,8 @@ def main(args: argparse.Namespace) -> int:
                         f"max_position_embeddings ({cfg.max_position_embeddings})")
     stops = stop_ids or stop_token_ids(tokenizer, cfg.eos_token_id)
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (tokenizer.pad_token_id if tokenizer else 0) or 0
-    sampler, params = make_sampler(model, mesh, SamplerConfig(args.max_new_tokens, tuple(stops), pad))
+    sampler, params = make_sampler(model, mesh, SamplerConfig(args.max_new_tokens, tuple(stops), pad),
+                                   sharding.SAMPLE_RULES)
     rollout = sampler.generate(params, prompts, method, num_samples=args.num_samples, seed=args.seed)
     if jax.process_index() != 0:
         return 0  # every host sampled its part of the batch; one prints the whole of it

@@ -255,7 +255,7 @@ _K_AXES = ("batch", "kv_heads", "head_dim", "cache_len")
 _V_AXES = ("batch", "kv_heads", "cache_len", "head_dim")
 
 
-def _constrain(state: SampleState, mesh: Mesh, rules: sharding.Rules) -> SampleState:
+def _constrain(state: SampleState, mesh: Mesh, rules: sharding.ShardingRules) -> SampleState:
     """Rows over the batch mesh axes and cache heads over `tensor`: the layout the decode loop carries, stated
     rather than left to propagation (the cache starts as zeros, which carry no sharding of their own)."""
 
@@ -333,7 +333,7 @@ class Sampler:
     Weights are passed to every call, so the same Sampler serves a policy whose weights change between calls.
     """
 
-    def __init__(self, graphdef, mesh: Mesh, cfg: SamplerConfig, rules: sharding.Rules = sharding.SAMPLE_RULES):
+    def __init__(self, graphdef, mesh: Mesh, cfg: SamplerConfig, rules: sharding.ShardingRules):
         self.graphdef, self.mesh, self.cfg, self.rules = graphdef, mesh, cfg, rules
         self.batch_multiple = sharding.batch_shards(mesh, rules)
         self.traces = 0  # how many times a program was traced (each trace is one compilation)
@@ -425,7 +425,7 @@ class Sampler:
                        rows // num_samples, rows % num_samples)
 
 
-def make_sampler(model: Qwen2ForCausalLM, mesh: Mesh, cfg: SamplerConfig, rules=sharding.SAMPLE_RULES):
+def make_sampler(model: Qwen2ForCausalLM, mesh: Mesh, cfg: SamplerConfig, rules: sharding.ShardingRules):
     """(Sampler, params): the sampler for this model's architecture and the weights to pass it."""
     graphdef, params = nnx.split(model)
     return Sampler(graphdef, mesh, cfg, rules), params

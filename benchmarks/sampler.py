@@ -203,10 +203,11 @@ def cpu(args) -> None:
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        model = load_hf_model(tmp, mesh)
+        model = load_hf_model(tmp, mesh, sharding.SAMPLE_RULES)
     cfg = SamplerConfig(args.new_tokens, stop_token_ids=())
-    sampler, params = make_sampler(model, mesh, cfg)
-    static, _ = make_sampler(model, mesh, dataclasses.replace(cfg, first_segment=0))  # one cache of the full budget
+    sampler, params = make_sampler(model, mesh, cfg, sharding.SAMPLE_RULES)
+    # one cache of the full budget
+    static, _ = make_sampler(model, mesh, dataclasses.replace(cfg, first_segment=0), sharding.SAMPLE_RULES)
     for batch in args.batch or [64, 8]:
         _compare(sampler, static, params, hf, model.config, batch, threads, args)
 
@@ -265,7 +266,8 @@ def gpu(args) -> None:
         cfg = preset(name, dtype=args.dtype, param_dtype=args.dtype)
         model = init_model(cfg, mesh, sharding.SAMPLE_RULES)
         sampler, params = make_sampler(model, mesh, SamplerConfig(args.new_tokens, stop_token_ids=(),
-                                                                  min_prompt_bucket=args.prompt_len))
+                                                                  min_prompt_bucket=args.prompt_len),
+                                       sharding.SAMPLE_RULES)
         for batch in args.batch or [1, 64, 256]:
             prompts = _prompts(batch, args.prompt_len, cfg.vocab_size)
             prompts = [p + [1] * (args.prompt_len - len(p)) for p in prompts]  # exact length: no pad to count

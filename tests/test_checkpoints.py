@@ -66,15 +66,16 @@ def test_tokenizer_files_travel_with_the_checkpoint(saved):
 def test_load_pretrained_dispatches_both_formats(saved, tmp_path):
     hf_dir, ckpt, _ = saved
     mesh = sharding.make_mesh(MeshConfig(data=1, fsdp=2, tensor=2), devices=jax.devices()[:4])
-    from_hf = checkpoints.load_pretrained(hf_dir, mesh, dtype="bfloat16")
-    from_orbax = checkpoints.load_pretrained(ckpt, mesh)
+    from_hf = checkpoints.load_pretrained(hf_dir, mesh, SAMPLE_RULES, dtype="bfloat16")
+    from_orbax = checkpoints.load_pretrained(ckpt, mesh, SAMPLE_RULES)
     ids, valid = tokens_and_mask()
     a, b = forward(from_hf, ids, valid), forward(from_orbax, ids, valid)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert from_orbax.embed_tokens[...].sharding.spec == sharding.logical_to_spec(("vocab", "embed"), SAMPLE_RULES, mesh)
     # Overrides reach the orbax path too.
-    assert checkpoints.load_pretrained(ckpt, mesh, param_dtype="bfloat16").norm.weight[...].dtype == jnp.bfloat16
+    bf16 = checkpoints.load_pretrained(ckpt, mesh, SAMPLE_RULES, param_dtype="bfloat16")
+    assert bf16.norm.weight[...].dtype == jnp.bfloat16
     with pytest.raises(UserError, match="neither a Hugging Face model directory"):
-        checkpoints.load_pretrained(tmp_path, mesh)
+        checkpoints.load_pretrained(tmp_path, mesh, SAMPLE_RULES)
     with pytest.raises(UserError, match="not an orbax model checkpoint"):
-        checkpoints.load_model(hf_dir, mesh)
+        checkpoints.load_model(hf_dir, mesh, SAMPLE_RULES)

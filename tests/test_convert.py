@@ -1,7 +1,9 @@
 """convert/hf.py: HF -> JAX -> HF (and via orbax) bit-exact, sharded files both ways, and bad checkpoints refused."""
 
+import gc
 import json
 import shutil
+import tracemalloc
 
 import jax
 import numpy as np
@@ -120,14 +122,14 @@ def test_multi_file_safetensors_load(sources, tmp_path):
     assert (tmp_path / INDEX_FILE).exists() and len(list(tmp_path.glob("*.safetensors"))) >= 3
     mesh = one_device_mesh()
     ids, valid = tokens_and_mask()
-    split = forward(load_hf_model(tmp_path, mesh), ids, valid)
-    whole = forward(load_hf_model(src, mesh), ids, valid)
+    split = forward(load_hf_model(tmp_path, mesh, TRAIN_RULES), ids, valid)
+    whole = forward(load_hf_model(src, mesh, TRAIN_RULES), ids, valid)
     np.testing.assert_array_equal(np.asarray(split), np.asarray(whole))
 
 
 def test_export_with_small_max_shard_bytes_writes_an_index(sources, mesh8, tmp_path):
     hf, src = sources[False]
-    out = export_hf(load_hf_model(src, mesh8), tmp_path / "out", dtype="float32", max_shard_bytes=300_000)
+    out = export_hf(load_hf_model(src, mesh8, TRAIN_RULES), tmp_path / "out", dtype="float32", max_shard_bytes=300_000)
     files = sorted(out.glob("*.safetensors"))
     index = json.loads((out / INDEX_FILE).read_text())
     assert len(files) >= 3 and not (out / "model.safetensors").exists()
@@ -139,9 +141,32 @@ def test_export_with_small_max_shard_bytes_writes_an_index(sources, mesh8, tmp_p
     assert_same_logits(load_with_transformers(out), hf)
 
 
+def test_export_streams_with_about_one_shard_in_host_memory(mesh8, tmp_path):
+    """Holding every shard until the end (as export once did) would peak above 7 shards here; streaming stays
+    under 2 (one tensor at a time, plus jax's bookkeeping)."""
+    hf = save_hf_model(tmp_path / "src", hidden_size=32, intermediate_size=256, num_hidden_layers=12,
+                       tie_word_embeddings=True)  # largest tensor: the 128 kB embedding
+    model = load_hf_model(tmp_path / "src", mesh8, TRAIN_RULES)
+    export_hf(model, tmp_path / "warm", dtype="float32")  # jax's one-time caches for these shardings
+    shard = 200_000
+    tracemalloc.start()
+    try:
+        out = export_hf(model, tmp_path / "out", dtype="float32", max_shard_bytes=shard)
+        gc.collect()
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    total = json.loads((out / INDEX_FILE).read_text())["metadata"]["total_size"]
+    print(f"export of {total} bytes in shards of {shard}: peak {peak} bytes of host memory, {held} held after")
+    assert total > 7 * shard and len(list(out.glob("*.safetensors"))) > 7
+    assert peak < 2 * shard and held < shard / 4
+    assert_bit_exact(out, hf)
+    assert_same_logits(load_with_transformers(out), hf)
+
+
 def test_bf16_export_loads_in_transformers(sources, tmp_path):
     hf, src = sources[True]
-    model = load_hf_model(src, one_device_mesh(), checkpoint_dtype="bfloat16")
+    model = load_hf_model(src, one_device_mesh(), TRAIN_RULES, checkpoint_dtype="bfloat16")
     out = export_hf(model, tmp_path / "out")  # the config's checkpoint_dtype
     written = read_dir(out)
     for name, tensor in saved_tensors(hf).items():  # round to nearest even, as torch does
@@ -222,7 +247,7 @@ def test_bad_checkpoint_names_the_problem(sources, tmp_path, case):
     corrupt, pattern = BAD[case]
     corrupt(bad)
     with pytest.raises(UserError, match=pattern):
-        load_hf_model(bad, one_device_mesh())
+        load_hf_model(bad, one_device_mesh(), TRAIN_RULES)
 
 
 def split_with_index(src, dst, duplicate=False):
@@ -243,18 +268,18 @@ def test_own_index_loads_and_bad_index_names_the_problem(sources, tmp_path):
     hf, src = sources[False]
     split_with_index(src, tmp_path / "ok")
     ids, valid = tokens_and_mask()
-    logits = forward(load_hf_model(tmp_path / "ok", one_device_mesh()), ids, valid)
+    logits = forward(load_hf_model(tmp_path / "ok", one_device_mesh(), TRAIN_RULES), ids, valid)
     assert np.abs(np.asarray(logits)[valid] - hf_logits(hf, ids, valid)[valid]).max() <= 1e-4
 
     name = split_with_index(src, tmp_path / "dup", duplicate=True)
     with pytest.raises(UserError, match=f"b.safetensors: tensor '{name}' is set twice"):
-        load_hf_model(tmp_path / "dup", one_device_mesh())
+        load_hf_model(tmp_path / "dup", one_device_mesh(), TRAIN_RULES)
 
     index = json.loads((tmp_path / "ok" / INDEX_FILE).read_text())
     index["weight_map"]["model.norm.weight"] = "model-00099-of-00099.safetensors"
     (tmp_path / "ok" / INDEX_FILE).write_text(json.dumps(index))
     with pytest.raises(UserError, match="lists model-00099-of-00099.safetensors, which does not exist"):
-        load_hf_model(tmp_path / "ok", one_device_mesh())
+        load_hf_model(tmp_path / "ok", one_device_mesh(), TRAIN_RULES)
     (tmp_path / "ok" / INDEX_FILE).write_text(json.dumps({"metadata": {}}))
     with pytest.raises(UserError, match="'weight_map'"):
-        load_hf_model(tmp_path / "ok", one_device_mesh())
+        load_hf_model(tmp_path / "ok", one_device_mesh(), TRAIN_RULES)

@@ -32,11 +32,11 @@ def _one_process(*args) -> subprocess.CompletedProcess:
                           timeout=300, cwd=ROOT, env=_env(4))
 
 
-def _two_processes(*args) -> list[subprocess.CompletedProcess]:
+def _two_processes(*args, program=("-m", "algoforge_jax", "--distributed")) -> list[subprocess.CompletedProcess]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, "-m", "algoforge_jax", "--distributed", *args], cwd=ROOT,
+    procs = [subprocess.Popen([sys.executable, *program, *args], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=_env(2, ALGOFORGE_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                                        ALGOFORGE_NUM_PROCESSES="2", ALGOFORGE_PROCESS_ID=str(i)))
@@ -82,3 +82,14 @@ def test_two_process_conversion_round_trip_is_bit_exact(hf_dir, tmp_path):
     assert exported.keys() == state.keys()
     for name, tensor in state.items():
         np.testing.assert_array_equal(exported[name], tensor.numpy(), err_msg=name)  # lm_head.weight included
+
+
+@pytest.mark.slow
+def test_two_process_reshard_between_training_and_sampling_layouts(hf_dir):
+    path, _ = hf_dir
+    first, second = _two_processes(str(path), program=(str(ROOT / "tests" / "multihost_reshard.py"),))
+    result = json.loads(first.stdout)
+    assert not second.stdout.strip()
+    assert result["fsdp_spans_processes"]  # training weights really are split across the two processes
+    assert result["same_layout_as_loaded"] and result["back_exact"]
+    assert result["handed_tokens"] == result["loaded_tokens"] and len(result["handed_tokens"]) == 4

@@ -13,6 +13,7 @@ from algoforge_jax.convert.hf import load_hf_model
 from algoforge_jax.errors import UserError
 from algoforge_jax.models import qwen2
 from algoforge_jax.models.qwen2 import KVCache, Qwen2Config
+from algoforge_jax.sharding import SAMPLE_RULES
 from hf_tiny import forward, hf_logits, left_pad_positions, one_device_mesh, save_hf_model, tokens_and_mask
 
 PARITY_TOL = 1e-4
@@ -26,7 +27,7 @@ def models(tmp_path_factory):
     for tied in (False, True):
         path = tmp_path_factory.mktemp(f"hf_tied{tied}")
         hf = save_hf_model(path, seed=int(tied), tie_word_embeddings=tied)
-        out[tied] = (hf, path, load_hf_model(path, mesh))
+        out[tied] = (hf, path, load_hf_model(path, mesh, SAMPLE_RULES))
     return out
 
 
@@ -89,7 +90,7 @@ def test_kv_cache_decoding_matches_full_forward(models):
 @pytest.mark.parametrize("field", ["dtype", "param_dtype"])
 def test_bf16_runs_and_stays_close_to_fp32(models, field):
     _, path, model32 = models[False]
-    model16 = load_hf_model(path, one_device_mesh(), **{field: "bfloat16"})
+    model16 = load_hf_model(path, one_device_mesh(), SAMPLE_RULES, **{field: "bfloat16"})
     if field == "param_dtype":
         assert model16.layers[0].mlp.up_proj[...].dtype == jnp.bfloat16
     ids, valid = tokens_and_mask()

@@ -19,6 +19,7 @@ from algoforge_jax import sharding
 from algoforge_jax.convert.hf import load_hf_model
 from algoforge_jax.sampling import (Greedy, Sample, SamplerConfig, blocked_argmax, blocked_categorical, make_sampler,
                                     sampling_method)
+from algoforge_jax.sharding import SAMPLE_RULES
 from algoforge_jax.tokenizer import BUNDLED_QWEN25
 from hf_tiny import forward, one_device_mesh, save_hf_model
 
@@ -34,7 +35,7 @@ def models(tmp_path_factory):
     for tied in (False, True):
         path = tmp_path_factory.mktemp(f"hf_tied{tied}")
         hf = save_hf_model(path, seed=int(tied), tie_word_embeddings=tied)
-        out[tied] = (hf, path, load_hf_model(path, one_device_mesh()))
+        out[tied] = (hf, path, load_hf_model(path, one_device_mesh(), SAMPLE_RULES))
     return out
 
 
@@ -46,7 +47,7 @@ def samplers(models):
     out = {}
     for tied, (_, _, model) in models.items():
         cfg = SamplerConfig(max_new_tokens=NEW, stop_token_ids=(), first_segment=5)
-        sampler, params = make_sampler(model, one_device_mesh(), cfg)
+        sampler, params = make_sampler(model, one_device_mesh(), cfg, SAMPLE_RULES)
         out[tied] = (sampler, params, model)
     return out
 
@@ -208,7 +209,8 @@ def test_stop_tokens_end_rows_at_different_steps(untied):
     assert {reason for _, reason in expected} == {"eos", "length"}, "test setup: need rows of both kinds"
     assert len({n for n, reason in expected if reason == "eos"}) > 1, "test setup: need different stop steps"
 
-    sampler, _ = make_sampler(model, one_device_mesh(), SamplerConfig(NEW, tuple(map(int, stops)), pad_token_id=0))
+    sampler, _ = make_sampler(model, one_device_mesh(), SamplerConfig(NEW, tuple(map(int, stops)), pad_token_id=0),
+                              SAMPLE_RULES)
     rollout = sampler.generate(params, PROMPTS)
     assert [(int(n), f) for n, f in zip(rollout.lengths, rollout.finish_reason)] == expected
     for r, (n, reason) in enumerate(expected):
@@ -222,7 +224,8 @@ def test_stop_tokens_end_rows_at_different_steps(untied):
 @pytest.mark.parametrize("budget", [1, 3])
 def test_max_new_tokens_limits_every_row(untied, budget):
     _, params, model = untied
-    sampler, _ = make_sampler(model, one_device_mesh(), SamplerConfig(max_new_tokens=budget, stop_token_ids=()))
+    sampler, _ = make_sampler(model, one_device_mesh(), SamplerConfig(max_new_tokens=budget, stop_token_ids=()),
+                              SAMPLE_RULES)
     rollout = sampler.generate(params, PROMPTS, Sample(1.0), seed=0)
     assert rollout.tokens.shape == (len(PROMPTS), budget)
     assert rollout.lengths.tolist() == [budget] * len(PROMPTS)
@@ -265,7 +268,8 @@ def test_groups_are_independent_and_recovered_by_reshape(untied):
 
 def test_no_recompile_within_a_bucket_and_none_for_new_weights(models):
     model = models[False][2]
-    sampler, params = make_sampler(model, one_device_mesh(), SamplerConfig(max_new_tokens=4, stop_token_ids=()))
+    sampler, params = make_sampler(model, one_device_mesh(), SamplerConfig(max_new_tokens=4, stop_token_ids=()),
+                                   SAMPLE_RULES)
     sampler.generate(params, [[1, 2, 3], [4] * 9, [5] * 16])  # batch 3 -> 4, length 16 -> 16
     assert sampler.traces == 2  # one prefill and one decode program
     first = sampler.generate(params, [[1] * 2, [2] * 15, [3] * 7, [4] * 11])  # batch 4, lengths <= 16
@@ -290,7 +294,8 @@ def test_no_recompile_within_a_bucket_and_none_for_new_weights(models):
 def test_segmented_decode_equals_one_segment_and_stops_growing_when_done(untied):
     sampler, params, model = untied
     assert sampler.cfg.segments == (5, 10)
-    whole, _ = make_sampler(model, one_device_mesh(), SamplerConfig(NEW, stop_token_ids=(), first_segment=0))
+    whole, _ = make_sampler(model, one_device_mesh(), SamplerConfig(NEW, stop_token_ids=(), first_segment=0),
+                            SAMPLE_RULES)
     assert whole.cfg.segments == (NEW,)
     for method in (Greedy(), Sample(1.0, top_k=20)):
         a = sampler.generate(params, PROMPTS, method, num_samples=2, seed=1)
@@ -305,7 +310,7 @@ def test_segmented_decode_equals_one_segment_and_stops_growing_when_done(untied)
     free = whole.generate(params, PROMPTS)
     stops = tuple(sorted({int(t) for t in free.tokens[:, 2]} - {int(t) for t in free.tokens[:, :2].ravel()}))
     assert len(stops) == len(PROMPTS), "test setup: each row's 3rd token must be new to every row's first two"
-    early, _ = make_sampler(model, one_device_mesh(), SamplerConfig(NEW, stops, first_segment=5))
+    early, _ = make_sampler(model, one_device_mesh(), SamplerConfig(NEW, stops, first_segment=5), SAMPLE_RULES)
     state, _ = early.run(params, PROMPTS)
     assert early.traces == 2  # prefill and the first decode segment only
     assert state.cache.size == 16 + 5 and int(state.step) == 3
@@ -332,10 +337,10 @@ def test_sampler_config_rejects_bad_budgets():
 def test_sharded_greedy_equals_one_device(models):
     _, path, model1 = models[True]
     mesh8 = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, tensor=2))
-    model8 = load_hf_model(path, mesh8)
+    model8 = load_hf_model(path, mesh8, SAMPLE_RULES)
     cfg = SamplerConfig(max_new_tokens=NEW, stop_token_ids=(), first_segment=4)  # the cache grows twice
-    s1, p1 = make_sampler(model1, one_device_mesh(), cfg)
-    s8, p8 = make_sampler(model8, mesh8, cfg)
+    s1, p1 = make_sampler(model1, one_device_mesh(), cfg, SAMPLE_RULES)
+    s8, p8 = make_sampler(model8, mesh8, cfg, SAMPLE_RULES)
     prompts = PROMPTS + PROMPTS[:2]  # 6 rows -> a batch of 8, two rows per (data, fsdp) shard
     np.testing.assert_array_equal(s8.generate(p8, prompts).tokens, s1.generate(p1, prompts).tokens)
 

@@ -1,8 +1,14 @@
 """sharding.py: mesh shapes, the logical-axis rules, and a model that really is sharded yet computes the same."""
 
+import contextlib
+import dataclasses
+import gc
+import tracemalloc
+
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from algoforge_jax import sharding
@@ -10,7 +16,8 @@ from algoforge_jax.convert.hf import load_hf_model
 from algoforge_jax.errors import UserError
 from algoforge_jax.models.build import init_model
 from algoforge_jax.models.qwen2 import PRESETS
-from algoforge_jax.sharding import MeshConfig, SAMPLE_RULES, TRAIN_RULES
+from algoforge_jax.sampling import SamplerConfig, make_sampler
+from algoforge_jax.sharding import MeshConfig, SAMPLE_RULES, ShardingRules, TRAIN_RULES
 from hf_tiny import forward, one_device_mesh, save_hf_model, tokens_and_mask
 
 
@@ -53,16 +60,35 @@ def test_logical_to_spec(mesh8):
 
 @pytest.mark.parametrize(
     "rules,axes",
-    [({"a": "fsdp", "b": "fsdp"}, ("a", "b")), ({"batch": ("data", "fsdp"), "embed": "fsdp"}, ("batch", "embed")),
-     ({"a": ("tensor", "tensor")}, ("a",))],
+    [(ShardingRules(embed="fsdp", mlp="fsdp"), ("embed", "mlp")), (TRAIN_RULES, ("batch", "embed")),
+     (ShardingRules(q_heads=("data", "tensor"), mlp="tensor"), ("q_heads", "mlp"))],
 )
 def test_logical_to_spec_collision_raises(mesh8, rules, axes):
-    with pytest.raises(ValueError, match="mesh axis"):
+    with pytest.raises(ValueError, match="both map to mesh axis"):
         sharding.logical_to_spec(axes, rules, mesh8)
 
 
+@pytest.mark.parametrize(
+    "fields,match",
+    [({"embed": "fsbp"}, r"embed='fsbp': unknown mesh axis 'fsbp'"),
+     ({"batch": ("data", "model")}, r"batch=\('data', 'model'\): unknown mesh axis 'model'"),
+     ({"mlp": ("tensor", "tensor")}, r"mlp=\('tensor', 'tensor'\) names a mesh axis twice")],
+)
+def test_rules_refuse_unknown_and_repeated_mesh_axes(fields, match):
+    with pytest.raises(ValueError, match=match):
+        ShardingRules(**fields)
+
+
+def test_one_rules_type_for_training_and_sampling(mesh8):
+    names = [f.name for f in dataclasses.fields(ShardingRules)]
+    # Every logical axis left unset is replicated: adding one is a field with default None.
+    assert sharding.logical_to_spec(tuple(names), ShardingRules(), mesh8) == P(*[None] * len(names))
+    assert type(TRAIN_RULES) is type(SAMPLE_RULES) is ShardingRules
+    assert [n for n in names if getattr(TRAIN_RULES, n) != getattr(SAMPLE_RULES, n)] == ["embed"]
+
+
 def test_sample_rules_replicate_embed(mesh8):
-    assert SAMPLE_RULES["embed"] is None and TRAIN_RULES["embed"] == "fsdp"
+    assert SAMPLE_RULES.embed is None and TRAIN_RULES.embed == "fsdp"
     assert sharding.logical_to_spec(("vocab", "embed"), SAMPLE_RULES, mesh8) == P("tensor", None)
     assert sharding.logical_to_spec(("embed", "mlp"), SAMPLE_RULES, mesh8) == P(None, "tensor")
 
@@ -117,3 +143,82 @@ def test_init_model_is_created_sharded(mesh8):
     assert bias.sharding.spec == P("tensor", None) and sharding.is_sharded(bias)
     assert 0.015 < float(np.asarray(up).std()) < 0.025  # normal(0.02)
     assert not np.asarray(bias).any() and (np.asarray(model.norm.weight[...]) == 1).all()
+
+
+# --------------------------------------------------------------------------------------- train <-> sample handoff
+
+PROMPTS = [[5, 17, 300, 42, 9], [1, 2, 3, 4, 5, 6, 7, 8], [777], [64, 128, 256, 512, 999, 0, 3, 8, 1], [3, 1, 4]]
+
+
+@contextlib.contextmanager
+def count_lowerings():
+    """Counts programs lowered for compilation while inside: a jit call that reuses its compiled program lowers
+    none, while new input shardings (or shapes) lower again even when the Python function is not re-traced."""
+    events = []
+
+    def listen(event, duration_secs, **kwargs):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            events.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield events
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
+def leaves(state):
+    return jax.tree.leaves(state)
+
+
+def test_reshard_hands_training_weights_to_the_sampler_without_recompiling(hf_dir, mesh8):
+    cfg = SamplerConfig(max_new_tokens=6, stop_token_ids=(), first_segment=4)  # the cache grows once
+    train_state = nnx.state(load_hf_model(hf_dir, mesh8, TRAIN_RULES))
+    sampler, loaded = make_sampler(load_hf_model(hf_dir, mesh8, SAMPLE_RULES), mesh8, cfg, SAMPLE_RULES)
+    with count_lowerings() as first:
+        expected = sampler.generate(loaded, PROMPTS)
+    assert len(first) >= 2 and sampler.traces >= 2  # prefill and decode were compiled: the counter sees them
+
+    # Device to device only: any copy through host memory would trip these guards.
+    with jax.transfer_guard_device_to_host("disallow_explicit"), jax.transfer_guard_host_to_device("disallow_explicit"):
+        handed = sharding.reshard(train_state, SAMPLE_RULES, mesh8)
+    assert [x.sharding for x in leaves(handed)] == [x.sharding for x in leaves(loaded)]
+    assert [x.sharding for x in leaves(train_state)] != [x.sharding for x in leaves(loaded)]  # it did move
+    traces = sampler.traces
+    with count_lowerings() as handoff:
+        got = sampler.generate(handed, PROMPTS)
+    assert not handoff and sampler.traces == traces
+    np.testing.assert_array_equal(got.tokens, expected.tokens)
+    np.testing.assert_array_equal(got.model_logprobs, expected.model_logprobs)
+
+    back = sharding.reshard(handed, TRAIN_RULES, mesh8)
+    for a, b in zip(leaves(back), leaves(train_state), strict=True):
+        assert a.sharding == b.sharding and a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sampler_runs_on_training_rules(hf_dir, mesh8):
+    """One rules type: a sampler laid out by TRAIN_RULES (weights split over fsdp too) gives the same tokens."""
+    cfg = SamplerConfig(max_new_tokens=4, stop_token_ids=(), first_segment=0)
+    train, train_params = make_sampler(load_hf_model(hf_dir, mesh8, TRAIN_RULES), mesh8, cfg, TRAIN_RULES)
+    mesh1 = one_device_mesh()
+    one, one_params = make_sampler(load_hf_model(hf_dir, mesh1, SAMPLE_RULES), mesh1, cfg, SAMPLE_RULES)
+    assert sharding.is_sharded(train_params["embed_tokens"][...])
+    np.testing.assert_array_equal(train.generate(train_params, PROMPTS).tokens,
+                                  one.generate(one_params, PROMPTS).tokens)
+
+
+def test_to_host_keeps_no_host_copy_on_the_array(mesh8):
+    """np.asarray(array) caches its result on the array: reading a live model's weights that way (an export)
+    would leave the whole model in host memory."""
+    x = jax.device_put(np.ones((512, 512), np.float32), sharding.named_sharding(("embed", "mlp"), TRAIN_RULES, mesh8))
+    sharding.to_host(x)  # jax's one-time index caches for this sharding
+    y = x + 1  # a fresh array, never read
+    tracemalloc.start()
+    try:
+        assert (sharding.to_host(y) == 2).all()
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < y.nbytes / 10

@@ -3,21 +3,23 @@
 Import reads `config.json` and the `*.safetensors` files (single or sharded with `model.safetensors.index.json`)
 one tensor at a time through a memory map, and writes each straight onto its target sharding: a 14B model never
 exists as a whole in host memory, and on a multi-host mesh each host reads only the slices it keeps. Export
-gathers one tensor at a time and writes safetensors (split with an index above `max_shard_bytes`) plus
-config.json, generation_config.json and the tokenizer files, a directory that
-`transformers.AutoModelForCausalLM.from_pretrained` loads with no code of ours.
+streams the other way: it plans the safetensors files (split with an index above `max_shard_bytes`) from the
+parameters' shapes, then gathers one tensor at a time and appends it to its file at once, so a 32B model needs
+host memory for its largest tensor, not for a shard. With config.json, generation_config.json and the tokenizer
+files it makes a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads with no code of ours.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
 import struct
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import jax
 import ml_dtypes
@@ -57,6 +59,10 @@ class KeyRule:
     jax: str  # dotted path into the model's state; may contain {i}
     to_jax: Callable[[np.ndarray, Qwen2Config], np.ndarray] = lambda w, c: w
     to_hf: Callable[[np.ndarray, Qwen2Config], np.ndarray] = lambda w, c: w
+
+    def hf_shape(self, shape: tuple[int, ...], cfg: Qwen2Config) -> tuple[int, ...]:
+        """The HF-layout shape of a parameter whose JAX shape is `shape` (computed on a broadcast, no data)."""
+        return tuple(self.to_hf(np.broadcast_to(np.int8(0), shape), cfg).shape)
 
     def hf_regex(self) -> re.Pattern:
         return re.compile("^" + re.escape(self.hf).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
@@ -138,19 +144,42 @@ def read_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
         yield name, data[begin:end].view(_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
 
 
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    """Writes a .safetensors file (metadata format=pt, as transformers expects)."""
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """A tensor as a safetensors header describes it."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def write_safetensors(path: Path, specs: Sequence[TensorSpec], arrays: Iterable[np.ndarray]) -> None:
+    """Writes a .safetensors file (metadata format=pt, as transformers expects). The header is built from `specs`
+    before any data, so `arrays` may be a generator: each array is written as it comes and freed before the next
+    is made."""
     header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, arr in tensors.items():
-        header[name] = {"dtype": _ST_NAMES[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
-        offset += arr.nbytes
+    for spec in specs:
+        header[spec.name] = {"dtype": _ST_NAMES[spec.dtype], "shape": list(spec.shape),
+                             "data_offsets": [offset, offset + spec.nbytes]}
+        offset += spec.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
-        for arr in tensors.values():
-            f.write(np.ascontiguousarray(arr).tobytes())
+        arrays = iter(arrays)
+        for spec in specs:  # not zip(): its reused result tuple would keep each array alive during the next
+            arr = next(arrays, None)
+            if arr is None or (arr.dtype, arr.shape) != (spec.dtype, spec.shape):
+                got = "nothing" if arr is None else f"{arr.dtype}{list(arr.shape)}"
+                raise ValueError(f"{path}: tensor {spec.name!r} is {got}, its header says "
+                                 f"{spec.dtype}{list(spec.shape)}")
+            f.write(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))  # no bytes copy of the tensor
+            del arr
     os.replace(tmp, path)
 
 
@@ -195,7 +224,7 @@ def load_hf_state(model_dir: Path, cfg: Qwen2Config, abstract: nnx.State) -> nnx
             if path in loaded:
                 raise UserError(f"{file}: tensor {name!r} is set twice")
             # Checked in the HF layout, before to_jax: its reshapes would accept any tensor of the right size.
-            expected = rule.to_hf(np.broadcast_to(np.int8(0), targets[path].shape), cfg).shape
+            expected = rule.hf_shape(targets[path].shape, cfg)
             if tensor.shape != expected:
                 raise UserError(
                     f"{file}: tensor {name!r} has shape {list(tensor.shape)}, config.json implies {list(expected)}"
@@ -212,7 +241,7 @@ def _int_keys(path: str) -> list:
     return [int(p) if p.isdigit() else p for p in path.split(".")]
 
 
-def load_hf_model(model_dir, mesh: Mesh, rules=sharding.SAMPLE_RULES, **overrides) -> Qwen2ForCausalLM:
+def load_hf_model(model_dir, mesh: Mesh, rules: sharding.ShardingRules, **overrides) -> Qwen2ForCausalLM:
     """A sharded model from a Hugging Face directory. `overrides` set config fields such as dtype."""
     model_dir = Path(model_dir)
     cfg = load_hf_config(model_dir / "config.json", **overrides)
@@ -226,31 +255,38 @@ def load_hf_model(model_dir, mesh: Mesh, rules=sharding.SAMPLE_RULES, **override
 
 def export_hf(model: Qwen2ForCausalLM, out_dir, *, tokenizer_dir=None, dtype: str | None = None,
               max_shard_bytes: int = 4 << 30) -> Path:
-    """Writes `model` as a Hugging Face directory. Every process gathers each tensor (a collective), process 0
-    alone converts, keeps and writes them. The tokenizer files and generation_config.json are copied from
-    `tokenizer_dir` when it has them; else the latter is written from the model's config."""
+    """Writes `model` as a Hugging Face directory, streaming: host memory holds about one tensor, never a shard.
+
+    The split into safetensors files is planned from the parameters' shapes first, so every file's final name
+    (`model-0000k-of-0000N`) and header are known before any data moves. Then every process gathers one tensor at a
+    time (a collective, in the same order everywhere) and process 0 alone converts it and appends it to its file.
+    The tokenizer files and generation_config.json are copied from `tokenizer_dir` when it has them; else the
+    latter is written from the model's config."""
     cfg = model.config if dtype is None else model.config.replace(checkpoint_dtype=dtype)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     np_dtype = np.dtype(ml_dtypes.bfloat16) if cfg.checkpoint_dtype == "bfloat16" else np.dtype(cfg.checkpoint_dtype)
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
-    params = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    shards = plan_shards(nnx.to_flat_state(nnx.state(model, nnx.Param)), cfg, np_dtype, max_shard_bytes)
+    files = ["model.safetensors"] if len(shards) == 1 else [
+        f"model-{k:05d}-of-{len(shards):05d}.safetensors" for k in range(1, len(shards) + 1)]
     writer = jax.process_index() == 0
-    for path, var in tqdm(params, desc="exporting tensors", unit="tensor", disable=None, leave=False):
-        rule, name = jax_to_hf_key(".".join(map(str, path)))
-        gathered = sharding.to_host(var[...])  # on every process, in the same order
-        if not writer:
-            continue
-        host = rule.to_hf(gathered, cfg).astype(np_dtype)
-        if size and size + host.nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = np.ascontiguousarray(host)
-        size += host.nbytes
+    if writer:
+        for stale in list(out_dir.glob("*.safetensors")) + [out_dir / INDEX_FILE]:
+            stale.unlink(missing_ok=True)
+    bar = tqdm(total=sum(map(len, shards)), desc="exporting tensors", unit="tensor", disable=None, leave=False)
+    for file, shard in zip(files, shards):
+        if writer:
+            write_safetensors(out_dir / file, [t.spec for t in shard], _hf_arrays(shard, cfg, bar))
+        else:
+            for t in shard:  # every process joins every gather (a collective), in the same order
+                _gather(t.var, bar)
+    bar.close()
     if not writer:
         return out_dir
-    _write_shards(out_dir, shards)
+    if len(shards) > 1:
+        weight_map = {t.spec.name: file for file, shard in zip(files, shards) for t in shard}
+        index = {"metadata": {"total_size": sum(t.spec.nbytes for s in shards for t in s)}, "weight_map": weight_map}
+        (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     (out_dir / "config.json").write_text(json.dumps(cfg.to_hf_config(), indent=2) + "\n")
     if tokenizer_dir is not None:
         copy_sidecar_files(Path(tokenizer_dir), out_dir)
@@ -260,20 +296,41 @@ def export_hf(model: Qwen2ForCausalLM, out_dir, *, tokenizer_dir=None, dtype: st
     return out_dir
 
 
-def _write_shards(out_dir: Path, shards: list[dict[str, np.ndarray]]) -> None:
-    for stale in list(out_dir.glob("*.safetensors")) + [out_dir / INDEX_FILE]:
-        stale.unlink(missing_ok=True)
-    if len(shards) == 1:
-        write_safetensors(out_dir / "model.safetensors", shards[0])
-        return
-    weight_map, total = {}, 0
-    for k, shard in enumerate(shards, 1):
-        fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-        write_safetensors(out_dir / fname, shard)
-        weight_map.update({name: fname for name in shard})
-        total += sum(a.nbytes for a in shard.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+@dataclasses.dataclass(frozen=True)
+class PlannedTensor:
+    """One parameter of an export: where it lives, its key rule, and how it is written."""
+
+    var: nnx.Variable
+    rule: KeyRule
+    spec: TensorSpec  # HF name, the export dtype and the HF-layout shape
+
+
+def plan_shards(params, cfg: Qwen2Config, dtype: np.dtype, max_shard_bytes: int) -> list[list[PlannedTensor]]:
+    """Splits the parameters (nnx flat state, in export order) into safetensors files of at most
+    `max_shard_bytes` (a bigger tensor gets a file of its own), from their shapes alone: nothing is gathered."""
+    shards: list[list[PlannedTensor]] = [[]]
+    size = 0
+    for path, var in params:
+        rule, name = jax_to_hf_key(".".join(map(str, path)))
+        tensor = PlannedTensor(var, rule, TensorSpec(name, dtype, rule.hf_shape(var.shape, cfg)))
+        if size and size + tensor.spec.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(tensor)
+        size += tensor.spec.nbytes
+    return shards
+
+
+def _gather(var: nnx.Variable, bar: tqdm) -> np.ndarray:
+    bar.update()
+    return sharding.to_host(var[...])
+
+
+def _hf_arrays(shard: list[PlannedTensor], cfg: Qwen2Config, bar: tqdm) -> Iterator[np.ndarray]:
+    """The shard's tensors in HF layout and dtype, gathered one at a time; the gathered copy is dropped as soon as
+    it is converted."""
+    for t in shard:
+        yield np.ascontiguousarray(t.rule.to_hf(_gather(t.var, bar), cfg), dtype=t.spec.dtype)
 
 
 def copy_sidecar_files(src: Path, dst: Path) -> list[str]:

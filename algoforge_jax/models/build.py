@@ -14,7 +14,7 @@ from algoforge_jax import sharding
 from algoforge_jax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
 
 
-def abstract_model(cfg: Qwen2Config, mesh: Mesh, rules: sharding.Rules):
+def abstract_model(cfg: Qwen2Config, mesh: Mesh, rules: sharding.ShardingRules):
     """(graphdef, abstract state whose leaves are ShapeDtypeStructs carrying their target NamedSharding)."""
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(0))))
     shardings = sharding.state_shardings(state, rules, mesh)
@@ -27,7 +27,7 @@ def abstract_model(cfg: Qwen2Config, mesh: Mesh, rules: sharding.Rules):
     return graphdef, abstract
 
 
-def init_model(cfg: Qwen2Config, mesh: Mesh, rules: sharding.Rules, seed: int = 0) -> Qwen2ForCausalLM:
+def init_model(cfg: Qwen2Config, mesh: Mesh, rules: sharding.ShardingRules, seed: int = 0) -> Qwen2ForCausalLM:
     """A randomly initialised model whose parameters are created already sharded."""
     graphdef, abstract = abstract_model(cfg, mesh, rules)
     out_shardings = jax.tree.map(lambda x: x.sharding, abstract)
