@@ -329,3 +329,21 @@ def test_budget_must_match_the_sampler(chat, agents, sandbox):
     with pytest.raises(ValueError, match="no problems"):
         rollout((), planner, coder, chat, sandbox.judge, config())
 
+
+
+def test_chat_renders_with_the_template_or_an_injected_renderer(tokenizer):
+    """The two ways in agree on our prompts: the tokenizer's chat template, and a ChatML renderer passed as `render`
+    (the layout of data/chat.py's render_chat: each content encoded on its own after its role header)."""
+    def encode(text):
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    def chatml(messages):
+        ids = []
+        for m in messages:
+            ids += [151644, *encode(f"{m['role']}\n"), *encode(m["content"]), 151645, *encode("\n")]
+        return ids + [151644, *encode("assistant\n")]
+
+    template, injected = Chat(tokenizer), Chat(tokenizer, render=chatml)
+    for messages in (template.planner_messages(ADD), template.coder_messages(REV, "1. Slice backwards.")):
+        assert injected.prompt_ids(messages) == template.prompt_ids(messages)
+    assert template.text(tokenizer.encode("def f():\n    return 1")) == "def f():\n    return 1"

@@ -57,7 +57,7 @@ class AgentSampling:
         if not self.temperature > 0:
             raise ValueError(f"AgentSampling.temperature must be > 0 (a group of greedy samples is one sample "
                              f"repeated), got {self.temperature!r}")
-        self.method  # noqa: B018 - Sample validates top_k and top_p
+        Sample(self.temperature, self.top_k, self.top_p)  # raises on a bad top_k or top_p
 
     @property
     def method(self) -> Sample:
@@ -127,8 +127,9 @@ def judge_programs(judge: Judge, jobs: Sequence[tuple[Problem, str]],
     if len(judgements) != len(jobs):
         raise RuntimeError(f"the judge returned {len(judgements)} judgements for {len(jobs)} programs")
     failed = [k for k, j in enumerate(judgements) if j.verdict is Verdict.SANDBOX_ERROR] if rejudge else []
-    for k, judgement in zip(failed, judge([jobs[k] for k in failed]) if failed else (), strict=True):
-        judgements[k] = judgement
+    if failed:
+        for k, judgement in zip(failed, judge([jobs[k] for k in failed]), strict=True):
+            judgements[k] = judgement
     errors = sum(j.verdict is Verdict.SANDBOX_ERROR for j in judgements)
     return judgements, {"judge_seconds": time.perf_counter() - start, "rejudged": float(len(failed)),
                         "sandbox_errors": float(errors)}
@@ -194,7 +195,7 @@ def sample_groups(policy: Policy, prompt_ids: Sequence[list[int]], group_shape: 
     out = sampler.generate(policy.params, prompt_ids, sampling.method, num_samples=group_shape[-1], seed=seed)
     seconds = time.perf_counter() - start
     truncated = np.array([reason != "eos" for reason in out.finish_reason])
-    content = out.lengths - ~truncated  # a stopped response's text ends before its stop token
+    content = np.where(truncated, out.lengths, out.lengths - 1)  # a stopped response's text ends before its stop
     texts = [chat.text(out.tokens[r, :content[r]]) for r in range(len(content))]
     N = out.tokens.shape[-1]
     return Samples(prompts=_objects(list(prompt_ids), group_shape[:-1]),
