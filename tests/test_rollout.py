@@ -179,12 +179,15 @@ def test_rewards_land_in_their_slots(chat, known):
     np.testing.assert_allclose(result.coder.advantages_B, grpo.group_advantages(expected).reshape(-1), rtol=1e-6)
     np.testing.assert_allclose(result.planner.advantages_B, grpo.group_advantages(expected.mean(-1)).reshape(-1),
                                rtol=1e-6)
+    zero_variance_PGp = np.all(expected == expected[..., :1], axis=-1)
+    np.testing.assert_array_equal(result.coder.zero_variance_B, np.repeat(zero_variance_PGp.reshape(-1), GC))
+    np.testing.assert_array_equal(result.planner.zero_variance_B, np.repeat(
+        [len(set(row)) == 1 for row in expected.mean(-1)], GP))
     m = result.metrics
     assert m["coder/pass_rate"] == pytest.approx(expected.mean())
     assert m["planner/pass_rate"] == pytest.approx(expected.any(-1).mean())
     assert m["verdict/PASS"] + m["verdict/WA"] == pytest.approx(1.0)
-    zero_var = np.mean([len(set(g)) == 1 for g in expected.reshape(-1, GC)])
-    assert m["coder/zero_variance_fraction"] == pytest.approx(zero_var)
+    assert m["coder/zero_variance_fraction"] == pytest.approx(zero_variance_PGp.mean())
     for key in ("planner/generate_seconds", "coder/generate_seconds", "judge_seconds", "rollout_seconds"):
         assert m[key] > 0, key
 
@@ -262,6 +265,7 @@ def test_dynamic_sampling_gives_up_after_its_tries(chat, agents, sandbox):
     assert result.metrics["dynamic/tries"] == 2
     assert result.metrics["dynamic/refilled"] == 0 and np.all(result.coder_rewards[1] == 0)
     np.testing.assert_array_equal(result.coder.advantages_B[GP * GC:], 0.0)
+    assert result.coder.zero_variance_B[GP * GC:].all() and result.planner.zero_variance_B[GP:].all()
 
 
 # ---------------------------------------------------------------------------------------------- judging

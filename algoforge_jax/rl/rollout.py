@@ -31,7 +31,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 
 from algoforge_jax.rl import grpo, rewards
-from algoforge_jax.sampling import Sample, Sampler
+from algoforge_jax.sampling import Sample, Sampler, SamplerConfig
 from eval import prompts
 from eval.problems import Judgement, Problem, Verdict
 from eval.score import program_for
@@ -294,6 +294,7 @@ class AgentBatch:
     response_mask_BT: np.ndarray  # bool: exactly the response tokens, the stop token included
     old_logprobs_BT: np.ndarray  # float32: the sampler's model_logprobs (untempered), 0 outside the mask
     advantages_B: np.ndarray  # float32, one per sequence
+    zero_variance_B: np.ndarray  # bool: the row's group earned one reward throughout (advantage 0; a step may drop it)
     group_size: int
 
     def sequences(self) -> tuple[np.ndarray, np.ndarray]:
@@ -302,12 +303,20 @@ class AgentBatch:
                 np.concatenate([self.prompt_mask_BL, self.response_mask_BT], axis=1))
 
 
-def agent_batch(samples: Samples, advantages: np.ndarray, pad_id: int, min_prompt_bucket: int) -> AgentBatch:
-    """`samples` and their advantages (same group shape) as flat group-major rows."""
-    G = samples.lengths.shape[-1]
+def agent_batch(samples: Samples, rewards_G: np.ndarray | None, estimator: str,
+                sampler_cfg: SamplerConfig) -> AgentBatch:
+    """`samples` as flat group-major rows, with the advantages of their rewards (same group shape `G`, groups on the
+    last axis); rewards None (not known yet) gives advantages 0 and no zero-variance group."""
+    G, shape = samples.lengths.shape[-1], samples.lengths.shape
+    if rewards_G is None:
+        advantages_G, zero_variance_G = np.zeros(shape, np.float32), np.zeros(shape, bool)
+    else:
+        advantages_G = np.asarray(grpo.group_advantages(rewards_G, estimator))
+        zero_variance_G = np.broadcast_to(np.asarray(grpo.zero_variance_groups(rewards_G))[..., None], rewards_G.shape)
     prompts = [prompt for prompt in samples.prompts.reshape(-1) for _ in range(G)]
-    width = max(min_prompt_bucket, 1 << max(0, max(map(len, prompts)) - 1).bit_length())  # the sampler's buckets
-    prompt_ids_BL = np.full((len(prompts), width), pad_id, np.int32)
+    longest = max(map(len, prompts))
+    width = max(sampler_cfg.min_prompt_bucket, 1 << max(0, longest - 1).bit_length())  # the sampler's buckets
+    prompt_ids_BL = np.full((len(prompts), width), sampler_cfg.pad_token_id, np.int32)
     prompt_mask_BL = np.zeros((len(prompts), width), bool)
     for b, prompt in enumerate(prompts):
         prompt_ids_BL[b, width - len(prompt):] = prompt
@@ -315,7 +324,7 @@ def agent_batch(samples: Samples, advantages: np.ndarray, pad_id: int, min_promp
     N = samples.tokens.shape[-1]
     return AgentBatch(prompt_ids_BL, prompt_mask_BL, samples.tokens.reshape(-1, N), samples.mask.reshape(-1, N),
                       np.where(samples.mask, samples.model_logprobs, 0.0).reshape(-1, N).astype(np.float32),
-                      np.asarray(advantages, np.float32).reshape(-1), G)
+                      advantages_G.astype(np.float32).reshape(-1), zero_variance_G.reshape(-1), G)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -416,21 +425,17 @@ class PendingRollout:
                            {"dynamic/tries": 1.0, "dynamic/refilled": float(varied.sum())})
         return metrics
 
-    def batches(self, advantages=(None, None)) -> tuple[AgentBatch, AgentBatch]:
-        """(planner, coder) batches of the current draw, with `advantages` (planner `[P, Gp]`, coder `[P, Gp, Gc]`).
-        Before `finish` they are unknown and 0: such batches are for log-probs, and with dynamic sampling `finish`
-        may still replace some problems' rows."""
-        out = []
-        for samples, policy, adv in zip((self.draw.plans, self.draw.code), (self.planner, self.coder), advantages):
-            adv = np.zeros(samples.lengths.shape, np.float32) if adv is None else adv
-            out.append(agent_batch(samples, adv, policy.sampler.cfg.pad_token_id, policy.sampler.cfg.min_prompt_bucket))
-        return out[0], out[1]
+    def batches(self, rewards_=(None, None)) -> tuple[AgentBatch, AgentBatch]:
+        """(planner, coder) batches of the current draw, advantages from `rewards_` (planner `[P, Gp]`, coder
+        `[P, Gp, Gc]`). Before `finish` the rewards are unknown and the advantages 0: such batches are for
+        log-probs, and with dynamic sampling `finish` may still replace some problems' rows."""
+        return (agent_batch(self.draw.plans, rewards_[0], self.cfg.estimator, self.planner.sampler.cfg),
+                agent_batch(self.draw.code, rewards_[1], self.cfg.estimator, self.coder.sampler.cfg))
 
     def _result(self, judgements_PGpGc: np.ndarray, ref_time_P: np.ndarray,
                 metrics: dict[str, float]) -> RolloutResult:
         (coder_PGpGc, planner_PGp), reward_metrics = score(self.problems, judgements_PGpGc, ref_time_P, self.cfg)
-        batches = self.batches(tuple(np.asarray(grpo.group_advantages(r, self.cfg.estimator))
-                                     for r in (planner_PGp, coder_PGpGc)))
+        batches = self.batches((planner_PGp, coder_PGpGc))
         metrics = {**metrics, **reward_metrics, **outcome_metrics(judgements_PGpGc),
                    **response_metrics("planner", self.draw.plans), **response_metrics("coder", self.draw.code),
                    "rollout_seconds": time.perf_counter() - self.started}
