@@ -1,1 +1,2 @@
-"""Reinforcement learning of the two agents: the GRPO math (`grpo.py`) and the sandbox rewards (`rewards.py`)."""
+"""Reinforcement learning of the two agents: the GRPO math (`grpo.py`), the sandbox rewards (`rewards.py`) and the
+collaborative rollout that feeds them (`rollout.py`)."""
