@@ -12,7 +12,7 @@ import pytest
 
 from eval.problems import Problem, Verdict
 from eval.problems import Test as Case  # not "Test*": pytest would try to collect it
-from eval.sandbox import Sandbox
+from eval.sandbox import _UID_BASE, UIDS_PER_PROCESS, Sandbox
 
 MARK = "afm" + uuid.uuid4().hex[:8]  # 11 chars: fits a process's comm (15) as well as its cmdline
 SET_MARK = f"import ctypes\nctypes.CDLL(None).prctl(15, b'{MARK}', 0, 0, 0)\n"
@@ -67,8 +67,8 @@ def _marked_processes() -> list[int]:
 
 def _sandbox_uid_processes() -> list[int]:
     """Processes running as one of this sandbox's unprivileged uids (none must outlive a run)."""
-    base = 1_000_000 + (os.getpid() % 4_000_000) * 64
-    return [pid for pid, _, uid in _processes() if base <= uid < base + 64]
+    first = _UID_BASE + os.getpid() * UIDS_PER_PROCESS
+    return [pid for pid, _, uid in _processes() if first <= uid < first + UIDS_PER_PROCESS]
 
 
 def one_call(expected, code: str = "assert f(1) == {!r}", **kw) -> Problem:
@@ -142,7 +142,8 @@ def test_abs_tolerance_assert_is_not_fooled_by_patched_abs(sandbox, host):
 def test_in_child_asserts_launder_always_equal_objects(sandbox, host):
     problem = one_call(None, code="for i in range(3):\n    assert f(i) == [i]")
     assert judge(sandbox, problem, HACKS["always-true __eq__"]) is Verdict.WA
-    assert judge(sandbox, problem, "import os\nos.write(3, b'T' + b'0' * 16)\nos._exit(0)") is Verdict.WA
+    [forged] = sandbox.judge([(problem, "import os\nos.write(3, b'T' + b'0' * 16)\nos._exit(0)")])
+    assert forged.verdict is Verdict.RE and "result channel" in forged.tests[0].detail
     assert judge(sandbox, problem, "def f(i):\n    return [i]") is Verdict.PASS
 
 
