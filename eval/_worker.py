@@ -360,7 +360,7 @@ def _collect(pid: int, fds: dict[str, int], limits: dict, start: float, steps: i
         _new_frames(bufs["res"], frames, lambda: (final_cpu, final_peak), start)
         if len(frames) > steps:
             killed = "frames"
-        elif bufs["res"]:  # bytes that make no whole frame: only the program writes those
+        elif bufs["res"] and os.WIFEXITED(status):  # bytes that make no whole frame, not cut by a kill
             killed = "partial frame"
     del frames[steps:]
     for frame in frames:  # frames read while the child was already a zombie: /proc had no counters left

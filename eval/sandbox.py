@@ -97,6 +97,8 @@ _IN_CHILD = "in-child assert (weaker: judged inside the program's process)"
 _REPR = reprlib.Repr()
 _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 120, 120, 120
 _FORGED = "the program wrote to the sandbox's result channel"
+_FORGERIES = {"frames": _FORGED + ": more result frames than calls",
+              "partial frame": _FORGED + ": bytes that make no whole frame"}
 
 
 class SandboxError(RuntimeError):
@@ -405,6 +407,9 @@ def _step_outcome(raw: dict, i: int, n_steps: int, limits: dict, accept: Callabl
     steps add up to everything the process used."""
     frames = raw["frames"]
     prev = frames[i - 1] if 0 < i <= len(frames) else {"cpu_s": 0.0, "wall_s": 0.0}
+    if raw["killed"] in _FORGERIES:  # the whole run is void, whatever its frames say
+        return TestOutcome(Verdict.RE, round(raw["cpu_s"], 4), round(raw["peak_mb"], 2), round(raw["wall_s"], 4),
+                           _FORGERIES[raw["killed"]])
     if i < len(frames) and not (stdio or token):
         f = raw if i == n_steps - 1 and not raw["killed"] else frames[i]
         cpu, wall, peak = f["cpu_s"] - prev["cpu_s"], f["wall_s"] - prev["wall_s"], f["peak_mb"]
@@ -445,8 +450,6 @@ def _limit_verdict(raw: dict, cpu: float, data: bytes, limits: dict) -> tuple[Ve
         return Verdict.SANDBOX_ERROR, "sandbox set-up failed: " + raw["err"][-300:].decode(errors="replace")
     if raw["killed"] == "output":
         return Verdict.OLE, "output limit exceeded"
-    if raw["killed"] == "frames":
-        return Verdict.RE, _FORGED + ": more result frames than calls"
     if raw["killed"] == "wall":
         return Verdict.TLE, f"wall-clock limit {limits['wall_s']:.1f}s"
     if cpu > limits["time_s"] or code == -signal.SIGXCPU:
@@ -455,8 +458,6 @@ def _limit_verdict(raw: dict, cpu: float, data: bytes, limits: dict) -> tuple[Ve
         return Verdict.MLE, f"memory limit {limits['memory_mb']} MB"
     if code < 0:
         return Verdict.RE, f"killed by {signal.Signals(-code).name}"
-    if raw["killed"] == "partial frame":
-        return Verdict.RE, _FORGED + ": bytes that make no whole frame"
     if error:
         return _error_verdict(error)
     if code != 0:

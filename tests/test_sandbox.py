@@ -2,9 +2,12 @@
 
 import math
 import os
+import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -14,7 +17,8 @@ from eval import _codec
 from eval.judge import outputs_match, parse_assert, values_equal
 from eval.problems import Problem, Verdict
 from eval.problems import Test as Case  # not "Test*": pytest would try to collect it
-from eval.sandbox import Sandbox
+from eval import sandbox as eval_sandbox
+from eval.sandbox import Sandbox, SandboxError, allocate_uid, release_uid
 
 
 @pytest.fixture(scope="module")
@@ -283,3 +287,140 @@ def test_codec_rejects_forged_data():
     for forged in (b'{"zz": 1}', b'{"s": [[1]]}', b"[1", b'{"t": 1}'):
         with pytest.raises(_codec.WireError):
             _codec.decode(forged)
+
+
+# ---------------------------------------------------------------- rewards, threads, uids, start-up
+
+
+def test_all_tests_judged_for_rewards_and_counted():
+    problem = asserts("assert f(1) == 1", "assert f(2) == 2", "assert f(3) == 3", "assert f(4) == 4")
+    program = "def f(x):\n    if x == 2:\n        raise ValueError('two')\n    return 0 if x == 4 else x"
+    stdio3 = Problem("s", "", tuple(Case("stdio", input=str(i), output=str(i)) for i in range(3)))
+    echo_but_1 = "x = int(input())\nprint(x + (x == 1))"
+    with Sandbox(workers=1, stop_at_first_failure=False) as sb:
+        j, s, passing = sb.judge([(problem, program), (stdio3, echo_but_1), (problem, "def f(x):\n    return x")])
+        runs_before = sb.child_runs
+        [slow] = sb.judge([(asserts("assert f(1) == 1", "assert f(2) == 2", time_limit_s=0.5),
+                            "def f(x):\n    while True:\n        pass")])
+        assert sb.child_runs - runs_before == 1  # the test after the TLE is not run again
+    assert [t.verdict for t in j.tests] == [Verdict.PASS, Verdict.RE, Verdict.PASS, Verdict.WA]
+    assert j.verdict is Verdict.RE and (j.tests_passed, j.n_tests) == (2, 4) and "two" in j.tests[1].detail
+    assert [t.verdict for t in s.tests] == [Verdict.PASS, Verdict.WA, Verdict.PASS] and s.tests_passed == 2
+    assert passing.passed and (passing.tests_passed, passing.n_tests) == (4, 4)
+    assert [t.verdict for t in slow.tests] == [Verdict.TLE, Verdict.TLE] and slow.tests[1].detail.startswith("not run")
+    assert slow.time_s > 0.4 and slow.tests_passed == 0
+
+
+def test_scoring_stops_at_the_first_failure_but_counts_the_tests(sandbox):
+    [j] = sandbox.judge([(asserts("assert f(1) == 1", "assert f(2) == 2", "assert f(3) == 3"),
+                          "def f(x):\n    return 1")])
+    assert (len(j.tests), j.tests_passed, j.n_tests) == (2, 1, 3)
+
+
+def test_judge_from_several_threads_at_once(sandbox):
+    """The GRPO loop judges from a background thread; two callers at once must each get their own verdicts."""
+    def batch(k):
+        return [(asserts(f"assert f({i}) == {i * k}"), f"def f(x):\n    return x * {k if i % 2 else k + 1}")
+                for i in range(1, 13)]
+
+    expected = [Verdict.PASS if i % 2 else Verdict.WA for i in range(1, 13)]
+    results: dict[int, list] = {}
+    threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, verdicts(sandbox, batch(k))))
+               for k in (2, 3, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == {k: expected for k in (2, 3, 5)}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sandbox uids exist only when run as root")
+def test_every_live_worker_has_its_own_uid(sandbox):
+    with Sandbox(workers=2) as other:
+        uids = [w.uid for w in (*sandbox._workers, *other._workers)]
+        many = [allocate_uid() for _ in range(300)]  # more than the old 64-per-process blocks
+        for uid in many:
+            release_uid(uid)
+    assert len(set(uids)) == 4
+    assert len(set(many)) == 300 and not set(many) & set(uids) and max(many) < 2**32 - 1
+
+
+def _worker_children() -> list[int]:
+    me = str(os.getpid())
+    kids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[1].decode() == me:
+                    kids.append(int(pid))
+        except (OSError, IndexError):
+            pass
+    return kids
+
+
+def test_a_worker_that_cannot_start_is_a_sandbox_error_with_its_reason(monkeypatch, tmp_path):
+    """A copy of eval/ whose namespace set-up fails: Sandbox(...) raises the worker's own reason, and every
+    worker it had started is gone, with its cgroup."""
+    copy = tmp_path / "eval"
+    shutil.copytree(pathlib.Path(__file__).parents[1] / "eval", copy, ignore=shutil.ignore_patterns("data"))
+    with open(copy / "_jail.py", "a") as f:
+        f.write("\n\ndef enter_namespaces(visible, hidden):\n    raise OSError('no namespaces here (test)')\n")
+    monkeypatch.setitem(eval_sandbox._SPAWN_ENV, "PYTHONPATH", str(tmp_path))
+    before = set(_worker_children())
+    with pytest.raises(SandboxError, match=r"worker \d could not start: OSError: no namespaces here \(test\)"):
+        Sandbox(workers=3, isolate=True)
+    assert set(_worker_children()) - before == set()
+    cgroups = [d for base in ("/sys/fs/cgroup/memory", "/sys/fs/cgroup") if os.path.isdir(base)
+               for d in os.listdir(base) if d.startswith(f"algoforge-sandbox-{os.getpid()}-")]
+    assert cgroups == []
+
+
+# ---------------------------------------------------------------- wherever the project and interpreter live
+
+
+def _venv_and_clone(base: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """A virtual environment (stdlib only, plus one module in its site-packages) and a copy of eval/ under `base`."""
+    venv, clone = base / "the venv", base / "a clone"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    [site] = venv.glob("lib/python3*/site-packages")
+    (site / "afmark_module.py").write_text("VALUE = 21\n")
+    shutil.copytree(pathlib.Path(__file__).parents[1] / "eval", clone / "eval", ignore=shutil.ignore_patterns("data"))
+    return venv, clone
+
+
+LOCATION_CHECK = """
+import os, sys
+from eval.problems import Problem, Test, Verdict
+from eval.sandbox import Sandbox
+program = '''import os, afmark_module
+mine = [n for n in os.listdir('/tmp') if not n.startswith('algoforge-sandbox-')]
+print(afmark_module.VALUE * 2, os.path.exists(%r), mine == %r)
+'''
+clone, expected_tmp = sys.argv[1], sys.argv[2].split(',') if sys.argv[2] else []
+problem = Problem('p', '', (Test('stdio', input='', output='42 False True'),))
+with Sandbox(workers=1) as sb:
+    [j] = sb.judge([(problem, program % (clone + '/eval/judge.py', expected_tmp))])
+    print(j.verdict.value, j.tests[0].detail, sb.protections['pid_namespace'])
+"""
+
+
+@pytest.mark.parametrize("where", ["/tmp", "/var/tmp", "/dev/shm", os.path.expanduser("~")])
+def test_the_sandbox_works_wherever_the_project_and_interpreter_live(where):
+    """Issue 9: a clone and a virtual environment under /tmp (or /var/tmp, /dev/shm, a mode-700 home), in a path
+    with spaces: the worker starts, the program imports from that environment's site-packages and sees /tmp
+    empty but for the way to the environment, and the clone's own files stay hidden."""
+    if not os.access(where, os.W_OK):
+        pytest.skip(f"{where} is not writable here")
+    base = pathlib.Path(tempfile.mkdtemp(prefix="algoforge test ", dir=where))
+    try:
+        venv, clone = _venv_and_clone(base)
+        on_tmp = [base.name] if where == "/tmp" else []
+        proc = subprocess.run([str(venv / "bin" / "python"), "-c", LOCATION_CHECK, str(clone), ",".join(on_tmp)],
+                              cwd=clone, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(clone)},
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        verdict, *_, namespaces = proc.stdout.split()
+        assert verdict == "PASS", proc.stdout
+        assert namespaces == str(os.geteuid() == 0)
+    finally:
+        shutil.rmtree(base)
