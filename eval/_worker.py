@@ -17,28 +17,23 @@ writes extends its time, and a child that writes more is killed and blamed.
 
 from __future__ import annotations
 
+import fcntl
+import gc
+import importlib.util
+import io
+import json
 import os
+import pickle
+import resource
+import selectors
+import signal
+import struct
+import sys
+import time
+import traceback
+import types
 
-# Single-threaded numeric libraries: forked children must not inherit half-started thread pools.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ[_var] = "1"
-
-import fcntl  # noqa: E402
-import gc  # noqa: E402
-import importlib.util  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import pickle  # noqa: E402
-import resource  # noqa: E402
-import selectors  # noqa: E402
-import signal  # noqa: E402
-import struct  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
-import types  # noqa: E402
-
-from eval import _codec, _jail  # noqa: E402
+from eval import _codec, _jail
 
 # Imported once in the worker, so forked children find them loaded. numpy is left out on purpose: its ~20 MB of
 # mappings make every fork and exit slower (about 1 ms a run, measured), no MBPP or HumanEval reference imports
@@ -632,6 +627,10 @@ def _exit(code: int) -> None:
 
 
 def main() -> None:
+    # Single-threaded numeric libraries: forked children must not inherit half-started thread pools. (Set here,
+    # not at import: the parent imports this module for its framing and keeps its own settings.)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        os.environ[var] = "1"
     rfd, wfd = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)

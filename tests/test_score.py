@@ -4,7 +4,9 @@ samples; the results file, the summary, resuming, and one-line errors."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +15,8 @@ import pytest
 from algoforge_jax.errors import UserError
 from algoforge_jax.jsonl import jsonl_text
 from eval.benchmarks import load_benchmark
-from eval.score import parse_ks, program_for, read_done, read_samples
+from eval.judging import program_for
+from eval.score import parse_ks, read_done, read_samples
 from perturb import perturb_assert
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -114,6 +117,22 @@ def test_livebench_fixture_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     results = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert [(r["task_id"], r["verdict"]) for r in results] == [(s["task_id"], "PASS") for s in LIVEBENCH_SOLUTIONS]
+
+
+def test_a_sandbox_that_cannot_start_is_a_one_line_error(run, tmp_path):
+    """A copy of eval/ whose workers cannot set up their namespaces: one line naming the cause, no traceback."""
+    tmp, args, _ = run
+    shutil.copytree(ROOT / "eval", tmp_path / "eval", ignore=shutil.ignore_patterns("data"))
+    with open(tmp_path / "eval" / "_jail.py", "a") as f:
+        f.write("\n\ndef enter_namespaces(visible, hidden):\n    raise OSError('no namespaces here (test)')\n")
+    out = [*args[:-4], "--out", str(tmp_path / "r.jsonl"), "--k", "1", "--workers", "1"]
+    proc = subprocess.run([sys.executable, "-m", "algoforge_jax", "score", *out], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1] == ("algoforge score: error: the sandbox failed: sandbox worker 0 could not start: "
+                         "OSError: no namespaces here (test)")
+    assert "Traceback" not in proc.stderr
 
 
 # ---------------------------------------------------------------- the pieces, without the sandbox
