@@ -223,7 +223,7 @@ class MemoryCgroup:
 
     @classmethod
     def create(cls, name: str) -> "MemoryCgroup | None":
-        for base, v2 in _memory_cgroup_bases():
+        for base, v2 in memory_cgroup_bases():
             path = os.path.join(base, name)
             try:
                 os.mkdir(path)
@@ -284,7 +284,7 @@ class MemoryCgroup:
         self._fds.clear()
 
 
-def _memory_cgroup_bases() -> list[tuple[str, bool]]:
+def memory_cgroup_bases() -> list[tuple[str, bool]]:
     """Where this process's memory cgroup lives: (directory, is_v2), most specific first."""
     bases = []
     with open("/proc/self/cgroup") as f:

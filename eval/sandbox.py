@@ -13,11 +13,11 @@ they arrive. `Sandbox(...)` raises `SandboxError` with the worker's own reason w
 stopping the ones that did. Turning model completions into programs (`program_for`) and judging samples in
 batches is in eval/judging.py.
 
-Design. A pool of warm worker processes (fresh interpreters with common modules imported once)
-forks the children that run programs: one per program for all its call-shaped tests (one call per step, as
-upstream harnesses run all asserts in one process), one per stdio test.
-The child receives the program and test *inputs* only (stdin, or call arguments) and sends back what it produced: stdout bytes, or the call's return value serialised to
-plain tagged data (eval/_codec.py). This parent decodes that data and compares it with the expected value, which
+Design. A pool of warm worker processes (fresh interpreters with common modules imported once) forks the children
+that run programs: one per program for all its call-shaped tests (one call per step, as upstream harnesses run all
+asserts in one process), one per stdio test. The child receives the program and test *inputs* only (stdin, or
+call arguments) and sends back what it produced: stdout bytes, or the call's return value serialised to plain
+tagged data (eval/_codec.py). This parent decodes that data and compares it with the expected value, which
 never leaves this process. Asserts of the common shapes are parsed into such calls (eval/judge.py); identical
 (problem, program) pairs in one batch are judged once. A job whose worker fails (our fault) is judged once more
 on a fresh worker, with a warning; a second failure is SANDBOX_ERROR. `judge` never waits on a dead worker.
@@ -41,8 +41,8 @@ Threat model: what holds against a hostile program, and in which mode.
     killed and reaped after every run (pid namespace, else child-subreaper sweep); no fds or zombies left.
   - Memory: a per-worker memory cgroup (v1 or v2) when one is writable, the limit set per run on top of what the
     worker itself holds (plus room for the output it buffers): OOM kills are reported as MLE, children are the
-    OOM killer's first pick, and large thread stacks still work. Otherwise RLIMIT_AS at the warm interpreter's size plus twice the limit (coarse:
-    a warning says so).
+    OOM killer's first pick, and large thread stacks still work. Otherwise RLIMIT_AS at the warm interpreter's
+    size plus twice the limit (coarse: a warning says so).
   - Bounded work here on what the child returns: sizes of integers, strings and containers are checked before
     the parent-side interpreter multiplies, raises to a power, divides or sorts them (eval/judge.py).
   When run as root (CI, this project's machines), additionally:
@@ -85,6 +85,7 @@ import warnings
 from typing import Any, Callable, Sequence
 
 from eval import _codec
+from eval._jail import memory_cgroup_bases
 from eval._worker import EXIT_SETUP_FAILED, recv, send
 from eval.judge import Check, TooLarge, outputs_match, parse_assert, to_json_value, values_equal
 from eval.problems import Judgement, Problem, Test, TestOutcome, Verdict
@@ -570,7 +571,11 @@ class _WorkerProcess:
                 self.proc.wait()
         for f in (self.proc.stdin, self.proc.stdout):
             f.close()
-        _remove_cgroup(self.protections.get("memory_cgroup"))
+        # A worker that failed its start never told us its cgroup: look where it would have made it (its own
+        # cgroup is ours, inherited).
+        known = self.protections.get("memory_cgroup")
+        for path in [known] if known else [os.path.join(b, self.cgroup_name) for b, _ in memory_cgroup_bases()]:
+            _remove_cgroup(path)
 
 
 UIDS_PER_PROCESS = 1000

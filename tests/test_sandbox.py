@@ -18,6 +18,7 @@ from eval.judge import outputs_match, parse_assert, values_equal
 from eval.problems import Problem, Verdict
 from eval.problems import Test as Case  # not "Test*": pytest would try to collect it
 from eval import sandbox as eval_sandbox
+from eval._jail import memory_cgroup_bases
 from eval.sandbox import Sandbox, SandboxError, allocate_uid, release_uid
 
 
@@ -358,20 +359,28 @@ def _worker_children() -> list[int]:
     return kids
 
 
-def test_a_worker_that_cannot_start_is_a_sandbox_error_with_its_reason(monkeypatch, tmp_path):
-    """A copy of eval/ whose namespace set-up fails: Sandbox(...) raises the worker's own reason, and every
-    worker it had started is gone, with its cgroup."""
+SABOTAGE = {  # a failure before the worker made its cgroup, and one after (without namespaces)
+    True: "def enter_namespaces(visible, hidden):\n    raise OSError('no namespaces here (test)')\n",
+    False: "def become_subreaper():\n    raise OSError('no namespaces here (test)')\n",
+}
+
+
+@pytest.mark.filterwarnings("ignore:sandbox runs without")
+@pytest.mark.parametrize("isolate", [True, False])
+def test_a_worker_that_cannot_start_is_a_sandbox_error_with_its_reason(monkeypatch, tmp_path, isolate):
+    """A copy of eval/ whose worker set-up fails: Sandbox(...) raises the worker's own reason, and every worker it
+    had started is gone, with its cgroup."""
     copy = tmp_path / "eval"
     shutil.copytree(pathlib.Path(__file__).parents[1] / "eval", copy, ignore=shutil.ignore_patterns("data"))
     with open(copy / "_jail.py", "a") as f:
-        f.write("\n\ndef enter_namespaces(visible, hidden):\n    raise OSError('no namespaces here (test)')\n")
+        f.write("\n\n" + SABOTAGE[isolate])
     monkeypatch.setitem(eval_sandbox._SPAWN_ENV, "PYTHONPATH", str(tmp_path))
     before = set(_worker_children())
     with pytest.raises(SandboxError, match=r"worker \d could not start: OSError: no namespaces here \(test\)"):
-        Sandbox(workers=3, isolate=True)
+        Sandbox(workers=3, isolate=isolate)
     assert set(_worker_children()) - before == set()
-    cgroups = [d for base in ("/sys/fs/cgroup/memory", "/sys/fs/cgroup") if os.path.isdir(base)
-               for d in os.listdir(base) if d.startswith(f"algoforge-sandbox-{os.getpid()}-")]
+    cgroups = [d for base, _ in memory_cgroup_bases() for d in os.listdir(base)
+               if d.startswith(f"algoforge-sandbox-{os.getpid()}-")]
     assert cgroups == []
 
 

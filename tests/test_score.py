@@ -15,7 +15,8 @@ import pytest
 from algoforge_jax.errors import UserError
 from algoforge_jax.jsonl import jsonl_text
 from eval.benchmarks import load_benchmark
-from eval.judging import program_for
+from eval.judging import Sample, judge_samples, program_for, result_line
+from eval.sandbox import Sandbox
 from eval.score import parse_ks, read_done, read_samples
 from perturb import perturb_assert
 
@@ -146,6 +147,21 @@ def test_program_for_extracts_and_prefixes_completion_tasks():
     assert program_for(completion, whole) == whole  # already starts with the partial solution
     assert program_for(problems["lb-stdin-1"], "no fence, whole text") == "no fence, whole text"
     assert program_for(completion, "   ") == ""  # NO_CODE, not the prefix alone
+
+
+def test_judge_samples_in_batches_in_order():
+    """The library half of `score`, as the Planner->Coder loop and GRPO call it: no files, no flags."""
+    problem = load_benchmark("livebench", ROOT / "tests" / "fixtures" / "livebench_coding.jsonl")[0]
+    completions = ["```python\nprint(int(input()) + 1)\n```", "print(0)", "no code at all: ```python\n```",
+                   "```python\nprint(int(input()) + 1)\n```", "```python\nwhile True: pass\n```"]
+    samples = [Sample(problem, i, program_for(problem, c)) for i, c in enumerate(completions)]
+    seen: list = []
+    with Sandbox(workers=1) as sandbox:
+        judgements = judge_samples(sandbox, samples, batch=2, on_batch=lambda b, j: seen.append(
+            ([s.sample_index for s in b], [x.verdict.value for x in j])))
+    assert seen == [([0, 1], ["PASS", "WA"]), ([2, 3], ["NO_CODE", "PASS"]), ([4], ["TLE"])]
+    assert [result_line(s, j)["verdict"] for s, j in zip(samples, judgements)] == ["PASS", "WA", "NO_CODE",
+                                                                                   "PASS", "TLE"]
 
 
 def test_parse_ks():
