@@ -46,6 +46,7 @@ CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL"
 FD_RESULT, FD_TOKEN = 3, 4
 EXIT_SETUP_FAILED = 121  # the child failed before user code ran: our fault
 READ_CHUNK = 1 << 16
+CPU_POLL_S = 0.25  # how often a step's CPU time is checked while the child writes nothing
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -311,8 +312,10 @@ def _fresh_stdio() -> None:
 def _collect(pid: int, fds: dict[str, int], limits: dict, start: float, steps: int) -> dict:
     """Drain stdout, stderr and the result pipe concurrently until the child exits or a limit is hit. Each result
     frame (one per step) is stamped with the child's CPU time, wall time and peak memory so far, as the kernel
-    counts them. The wall deadline is `steps` times the per-step limit from the start, never moved; a frame past
-    the `steps`-th kills the child ("frames")."""
+    counts them. The run's budget is fixed: `steps` times the per-step wall limit from the start (and RLIMIT_CPU
+    at `steps` times the CPU limit, set in the child). Within it each step also has its own limits, from the
+    previous frame on, so a call that hangs is stopped after one limit; frames can only end steps, and a frame
+    past the `steps`-th kills the child ("frames")."""
     caps = {"out": limits["output_bytes"], "err": limits["output_bytes"], "res": limits["output_bytes"]}
     bufs = {name: bytearray() for name in fds}
     frames: list[dict] = []
@@ -323,23 +326,30 @@ def _collect(pid: int, fds: dict[str, int], limits: dict, start: float, steps: i
         os.set_blocking(fd, False)
         sel.register(fd, selectors.EVENT_READ, name)
     sel.register(pidfd, selectors.EVENT_READ, None)
-    deadline = start + limits["wall_s"] * steps
+    run_deadline = start + limits["wall_s"] * steps
+    step_start, step_cpu = start, 0.0  # where the current step began: the start, then its previous frame
     killed = None
     while killed is None:
-        left = deadline - time.monotonic()
-        if left <= 0:
+        now = time.monotonic()
+        deadline = min(run_deadline, step_start + limits["wall_s"])
+        if now >= deadline:
             killed = "wall"
             break
-        events = sel.select(left)
+        events = sel.select(min(deadline - now, CPU_POLL_S))
         if any(key.data is None for key, _ in events):
             break  # the child exited; what it wrote is still in the pipes, read below
         for key, _ in events:
             if not _drain(key.fd, bufs[key.data], caps[key.data], sel):
                 killed = "output"
         if killed is None:
+            seen = len(frames)
             _new_frames(bufs["res"], frames, live.read, start)
             if len(frames) > steps:
                 killed = "frames"
+            elif len(frames) > seen:
+                step_start, step_cpu = time.monotonic(), frames[-1]["cpu_s"] or step_cpu
+            elif (live.read()[0] or 0.0) - step_cpu > limits["time_s"]:
+                killed = "cpu"
     _kill(pid)  # the child, or what is left of its process group; before wait4, while the pid is still ours
     _, status, usage = os.wait4(pid, 0)
     wall = time.monotonic() - start

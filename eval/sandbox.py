@@ -453,7 +453,7 @@ def _limit_verdict(raw: dict, cpu: float, data: bytes, limits: dict) -> tuple[Ve
         return Verdict.OLE, "output limit exceeded"
     if raw["killed"] == "wall":
         return Verdict.TLE, f"wall-clock limit {limits['wall_s']:.1f}s"
-    if cpu > limits["time_s"] or code == -signal.SIGXCPU:
+    if raw["killed"] == "cpu" or cpu > limits["time_s"] or code == -signal.SIGXCPU:
         return Verdict.TLE, f"CPU time {cpu:.2f}s > {limits['time_s']}s"
     if raw["oom"] or (error and error["type"] == "MemoryError"):
         return Verdict.MLE, f"memory limit {limits['memory_mb']} MB"

@@ -201,6 +201,16 @@ def test_a_run_of_many_slow_calls_is_not_taken_for_a_hung_worker(monkeypatch):
     assert judgement.verdict is Verdict.PASS, judgement
 
 
+@pytest.mark.parametrize("stuck", ["while True:\n            pass", "import time\n        time.sleep(60)"])
+def test_a_stuck_call_is_stopped_after_one_limit_not_the_whole_runs_budget(sandbox, stuck):
+    """The run's budget is 20 calls x the limit, but a call that loops or sleeps is stopped after its own."""
+    problem = asserts(*(f"assert f({i}) == {i}" for i in range(20)), time_limit_s=0.5)
+    start = time.monotonic()
+    [j] = sandbox.judge([(problem, f"def f(x):\n    if x == 1:\n        {stuck}\n    return x")])
+    assert [t.verdict for t in j.tests] == [Verdict.PASS, Verdict.TLE]
+    assert time.monotonic() - start < 5
+
+
 def test_call_tests_compare_like_json(sandbox):
     problem = Problem("c", "", (Case("call", fn_name="g", args=[[3, 1, 2]], expected=[1, 2, 3]),))
     got = verdicts(sandbox, [(problem, "def g(xs):\n    return tuple(sorted(xs))"),
