@@ -33,8 +33,9 @@ Threat model: what holds against a hostile program, and in which mode.
     for a stdio or in-child assert run); a program that writes more, or bytes that make no frame, is RE.
   - Time is the kernel's: a run of n calls gets n times the CPU limit (RLIMIT_CPU, SIGKILL at the hard limit) and
     n times the wall limit (SIGKILL of the group), both fixed before the program starts and never extended by
-    what it writes; each call's CPU is also checked against the limit, and reported times are the kernel's
-    accounting (the last call's includes everything the process did after its frame).
+    what it writes. Within that budget each call also has its own CPU and wall limits, counted from the previous
+    result frame (frames can only end a step early, never add one). Reported times are the kernel's accounting
+    (the last call's includes everything the process did after its frame).
   - Its own session and process group; RLIMIT_NOFILE, RLIMIT_FSIZE, no core files; stdout, stderr and the result
     pipe drained concurrently with an output cap (OLE); a scrubbed environment, PYTHONHASHSEED=0, a fresh temp
     dir as cwd (removed after), stdin from /dev/null when the test has none; orphans (double fork + setsid) are
