@@ -66,6 +66,18 @@ def enter_namespaces(visible: list[str], hidden: list[str]) -> None:
     unshare(CLONE_NEWNS | CLONE_NEWNET)
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks back to the host
     stage = tempfile.mkdtemp(prefix="algoforge-root-")  # on the host, empty; removed once we stand on it
+    try:
+        _build_root(stage, visible, hidden)
+    except BaseException:
+        _libc.umount2(stage.encode(), MNT_DETACH)  # (best effort: we are failing already)
+        os.rmdir(stage)
+        raise
+    _pivot_into(stage)
+    _remount_read_only()
+
+
+def _build_root(stage: str, visible: list[str], hidden: list[str]) -> None:
+    """The new root at `stage`: a small tmpfs of mount points, each bound from the host view still around us."""
     mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=4m,nr_inodes=20000")
     for path in SCRATCH_DIRS:
         os.makedirs(stage + path, exist_ok=True)
@@ -79,11 +91,9 @@ def enter_namespaces(visible: list[str], hidden: list[str]) -> None:
         _bind(path, stage, bound)
     for path in ("/proc", "/sys"):
         _bind(path, stage, [])
-    for path in hidden:
-        if os.path.isdir(stage + path):
+    for path in hidden:  # only where a bound path shows it: /proj stays a way through to /proj/.venv
+        if os.path.isdir(stage + path) and any(path.startswith(b.rstrip("/") + "/") or path == b for b in bound):
             mount("tmpfs", stage + path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=0755,size=4k")
-    _pivot_into(stage)
-    _remount_read_only()
 
 
 def _make_dev(root: str) -> None:

@@ -236,18 +236,22 @@ class Worker:
 
 def interpreter_paths() -> list[str]:
     """What a program may see of this interpreter: its prefixes (standard library, the virtual environment) and
-    the import path's directories, less those at or above our own project (PYTHONPATH, an editable install's
-    source tree), which hold the benchmark data."""
+    the import path's other directories, less those at or above our own project (PYTHONPATH, an editable
+    install's source tree), which hold the benchmark data. (Our packages inside a prefix, as a non-editable
+    install puts them, are hidden by `project_paths`.)"""
     root = _project_root()
-    paths = {sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix}
-    paths.update(p for p in sys.path if p and os.path.isdir(p))
-    return sorted(p for p in map(os.path.abspath, paths) if not _is_within(root, p))
+    prefixes = {sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix}
+    others = {p for p in sys.path if p and os.path.isdir(p) and not _is_within(root, os.path.abspath(p))}
+    return sorted(set(map(os.path.abspath, prefixes | others)))
 
 
 def project_paths() -> list[str]:
     """Our own packages (and their data), hidden wherever an interpreter path shows them (a non-editable
-    install puts them inside site-packages)."""
+    install puts them inside site-packages), and our source tree when we run from one (a clone inside an
+    interpreter prefix, say)."""
     found = [os.path.dirname(os.path.abspath(__file__))]
+    if os.path.basename(_project_root()) not in ("site-packages", "dist-packages"):
+        found.append(_project_root())
     spec = importlib.util.find_spec("algoforge_jax")  # located, not imported: that would load JAX
     found += list(spec.submodule_search_locations or ()) if spec else []
     return sorted({os.path.realpath(p) for p in found} | set(found))

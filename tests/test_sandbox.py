@@ -400,14 +400,18 @@ def _our_cgroups() -> set[str]:
 # ---------------------------------------------------------------- wherever the project and interpreter live
 
 
-def _venv_and_clone(base: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    """A virtual environment (stdlib only, plus one module in its site-packages) and a copy of eval/ under `base`."""
-    venv, clone = base / "the venv", base / "a clone"
+def _venv_and_clone(base: pathlib.Path, layout: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """A virtual environment (stdlib only, plus one module in its site-packages) and a copy of eval/ under `base`:
+    in a clone beside the environment, in a clone holding it (`.venv`), or in the environment's site-packages as
+    a non-editable install puts it. Returns the environment and the directory that holds eval/."""
+    clone = base / "a clone"
+    venv = clone / ".venv" if layout == "venv in clone" else base / "the venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
-    [site] = venv.glob("lib/python3*/site-packages")
-    (site / "afmark_module.py").write_text("VALUE = 21\n")
-    shutil.copytree(pathlib.Path(__file__).parents[1] / "eval", clone / "eval", ignore=shutil.ignore_patterns("data"))
-    return venv, clone
+    [site_dir] = venv.glob("lib/python3*/site-packages")
+    (site_dir / "afmark_module.py").write_text("VALUE = 21\n")
+    home = site_dir if layout == "installed" else clone
+    shutil.copytree(pathlib.Path(__file__).parents[1] / "eval", home / "eval", ignore=shutil.ignore_patterns("data"))
+    return venv, home
 
 
 LOCATION_CHECK = """
@@ -426,20 +430,23 @@ with Sandbox(workers=1) as sb:
 """
 
 
-@pytest.mark.parametrize("where", ["/tmp", "/var/tmp", "/dev/shm", os.path.expanduser("~")])
-def test_the_sandbox_works_wherever_the_project_and_interpreter_live(where):
+@pytest.mark.parametrize("where,layout", [("/tmp", "clone"), ("/var/tmp", "clone"), ("/dev/shm", "clone"),
+                                          (os.path.expanduser("~"), "clone"), ("/tmp", "installed"),
+                                          ("/tmp", "venv in clone")])
+def test_the_sandbox_works_wherever_the_project_and_interpreter_live(where, layout):
     """Issue 9: a clone and a virtual environment under /tmp (or /var/tmp, /dev/shm, a mode-700 home), in a path
     with spaces: the worker starts, the program imports from that environment's site-packages and sees /tmp
-    empty but for the way to the environment, and the clone's own files stay hidden."""
+    empty but for the way to the environment, and our own files stay hidden (also when installed into the
+    environment's site-packages, which the program otherwise sees)."""
     if not os.access(where, os.W_OK):
         pytest.skip(f"{where} is not writable here")
     base = pathlib.Path(tempfile.mkdtemp(prefix="algoforge test ", dir=where))
     try:
-        venv, clone = _venv_and_clone(base)
+        venv, home = _venv_and_clone(base, layout)
         on_tmp = [base.name] if where == "/tmp" else []
-        proc = subprocess.run([str(venv / "bin" / "python"), "-c", LOCATION_CHECK, str(clone), ",".join(on_tmp)],
-                              cwd=clone, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(clone)},
-                              capture_output=True, text=True, timeout=120)
+        env = {"PATH": "/usr/bin:/bin", **({} if layout == "installed" else {"PYTHONPATH": str(home)})}
+        proc = subprocess.run([str(venv / "bin" / "python"), "-c", LOCATION_CHECK, str(home), ",".join(on_tmp)],
+                              cwd=base, env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         verdict, *_, namespaces = proc.stdout.split()
         assert verdict == "PASS", proc.stdout
