@@ -93,6 +93,13 @@ class Worker:
             _jail.enter_namespaces(needed, hidden)
             self.protections.update(net_namespace=True, mount_namespace=True, read_only_root=_jail.read_only_root())
         self.base = _jail.make_scratch_base()
+        try:
+            self._set_up(config, needed)
+        except BaseException:
+            _jail.remove_tree(self.base)  # (on the host's /tmp without namespaces)
+            raise
+
+    def _set_up(self, config: dict, needed: list[str]) -> None:
         self.keep = {self.base, *(_jail.scratch_mount_roots() if self.isolate else ())}
         self.tmp = os.path.join(self.base, "run")  # each run's cwd, made afresh and removed after the run
         _set_child_environment(self.tmp)  # inherited by every child, like the signal dispositions below

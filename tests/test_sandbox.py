@@ -385,11 +385,16 @@ def test_a_worker_that_cannot_start_is_a_sandbox_error_with_its_reason(monkeypat
     with open(copy / "_jail.py", "a") as f:
         f.write("\n\n" + SABOTAGE[isolate])
     monkeypatch.setitem(eval_sandbox._SPAWN_ENV, "PYTHONPATH", str(tmp_path))
-    before, cgroups = set(_worker_children()), _our_cgroups()
+    before, cgroups, scratch = set(_worker_children()), _our_cgroups(), _host_scratch_dirs()
     with pytest.raises(SandboxError, match=r"worker \d could not start: OSError: no namespaces here \(test\)"):
         Sandbox(workers=3, isolate=isolate)
     assert set(_worker_children()) - before == set()
     assert _our_cgroups() == cgroups  # (other tests' sandboxes may be alive)
+    assert _host_scratch_dirs() <= scratch
+
+
+def _host_scratch_dirs() -> set[str]:
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(("algoforge-sandbox-", "algoforge-root-"))}
 
 
 def _our_cgroups() -> set[str]:
