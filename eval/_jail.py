@@ -49,21 +49,95 @@ def prctl(option: int, arg: int) -> None:
 # ---------------------------------------------------------------- worker-wide setup (namespaces, mounts)
 
 
-def enter_namespaces(needed: list[str]) -> None:
-    """New mount and network namespaces for this worker: no network at all, a read-only view of the host in which
-    the `needed` paths (the interpreter and its libraries) are reachable by the unprivileged sandbox uid."""
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")  # system libraries, config
+DEVICES = ("null", "zero", "full", "random", "urandom")
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+MNT_DETACH = 2
+
+
+def enter_namespaces(visible: list[str], hidden: list[str]) -> None:
+    """New mount and network namespaces for this worker: no network at all, and a new root file system that holds
+    only SYSTEM_DIRS, the `visible` paths (the interpreter, its standard library and site-packages), /proc, /sys,
+    a few devices and empty private /tmp, /var/tmp and /dev/shm; everything read-only but the scratch dirs. The
+    `hidden` paths (our own packages and their data) are covered by empty directories wherever they would show.
+
+    Built before anything is hidden: the new root is populated by bind mounts from the host view, so visible paths
+    may live anywhere, under /tmp or a mode-700 /root included."""
     unshare(CLONE_NEWNS | CLONE_NEWNET)
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks back to the host
-    for path in SCRATCH_DIRS:
-        if os.path.isdir(path):
-            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=512m,nr_inodes=20000")
-    for closed, children in closed_ancestors(needed).items():
-        _open_up(closed, children)
+    stage = tempfile.mkdtemp(prefix="algoforge-root-")  # on the host, empty; removed once we stand on it
+    try:
+        _build_root(stage, visible, hidden)
+    except BaseException:
+        _libc.umount2(stage.encode(), MNT_DETACH)  # (best effort: we are failing already)
+        os.rmdir(stage)
+        raise
+    _pivot_into(stage)
     _remount_read_only()
 
 
+def _build_root(stage: str, visible: list[str], hidden: list[str]) -> None:
+    """The new root at `stage`: a small tmpfs of mount points, each bound from the host view still around us."""
+    mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=4m,nr_inodes=20000")
+    for path in SCRATCH_DIRS:
+        os.makedirs(stage + path, exist_ok=True)
+        mount("tmpfs", stage + path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=512m,nr_inodes=20000")
+    _make_dev(stage)
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):
+            os.symlink(os.readlink(path), stage + path)
+    bound: list[str] = []
+    for path in sorted({*(p for p in SYSTEM_DIRS if not os.path.islink(p)), *visible}):
+        _bind(path, stage, bound)
+    for path in ("/proc", "/sys"):
+        _bind(path, stage, [])
+    for path in hidden:  # only where a bound path shows it: /proj stays a way through to /proj/.venv
+        if os.path.isdir(stage + path) and any(path.startswith(b.rstrip("/") + "/") or path == b for b in bound):
+            mount("tmpfs", stage + path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=0755,size=4k")
+
+
+def _make_dev(root: str) -> None:
+    """A /dev with the harmless character devices, the usual /proc/self/fd links and a scratch /dev/shm."""
+    for name in DEVICES:
+        open(f"{root}/dev/{name}", "w").close()
+        mount(f"/dev/{name}", f"{root}/dev/{name}", None, MS_BIND)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{root}/dev/{name}")
+
+
+def _bind(path: str, root: str, bound: list[str]) -> None:
+    """Bind `path` (as given and as its real path, when they differ) at the same place under `root`, unless it
+    is inside a path bound already."""
+    for source in dict.fromkeys((os.path.abspath(path), os.path.realpath(path))):
+        if not os.path.isdir(source) or any(source == b or source.startswith(b.rstrip("/") + "/") for b in bound):
+            continue
+        target = root + source
+        parent = os.path.realpath(os.path.dirname(target))
+        if not (parent + "/").startswith(root + "/"):  # the way there runs through a symlink out of the new root
+            continue
+        os.makedirs(target, exist_ok=True)
+        mount(source, target, None, MS_BIND | MS_REC)
+        bound.append(source)
+
+
+def _pivot_into(root: str) -> None:
+    """Make `root` this namespace's root and drop the host's: nothing outside `root` is reachable after this."""
+    number = _SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is None:
+        raise OSError(f"pivot_root: unknown system call number on {os.uname().machine}")
+    os.chdir(root)
+    os.mkdir(".old")
+    _check(_libc.syscall(number, b".", b".old"), "pivot_root")
+    os.chdir("/")
+    os.rmdir("/.old" + root)  # the host's staging dir, no longer a mount point once we stand on it
+    _check(_libc.umount2(b"/.old", MNT_DETACH), "umount2 /.old")
+    os.rmdir("/.old")
+
+
 def closed_ancestors(paths: list[str]) -> dict[str, set[str]]:
-    """Directories others cannot traverse (e.g. /root, mode 700) on the way to `paths`, with the child we need."""
+    """Directories others cannot traverse (e.g. /root, mode 700) on the way to `paths`, with the child we need.
+    (Without namespaces the sandbox uid could not reach the interpreter then, so the worker keeps its own uid.)"""
     closed: dict[str, set[str]] = {}
     for path in paths:
         parts = os.path.realpath(path).strip("/").split("/")
@@ -73,21 +147,6 @@ def closed_ancestors(paths: list[str]) -> dict[str, set[str]]:
                 closed.setdefault(ancestor, set()).add(parts[i])
                 break
     return closed
-
-
-def _open_up(directory: str, children: set[str]) -> None:
-    """Replace `directory` by an empty world-traversable tmpfs holding only bind mounts of `children`: the rest
-    of it (say, /root's other contents) stays hidden from the sandbox."""
-    stash = tempfile.mkdtemp(dir="/tmp")
-    for name in children:
-        os.mkdir(os.path.join(stash, name))
-        mount(os.path.join(directory, name), os.path.join(stash, name), None, MS_BIND | MS_REC)
-    mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
-    for name in children:
-        os.mkdir(os.path.join(directory, name))
-        mount(os.path.join(stash, name), os.path.join(directory, name), None, MS_MOVE)
-        os.rmdir(os.path.join(stash, name))
-    os.rmdir(stash)
 
 
 def _remount_read_only() -> None:
@@ -116,15 +175,27 @@ def read_only_root() -> bool:
     return os.statvfs("/").f_flag & os.ST_RDONLY != 0
 
 
-def wipe_scratch(keep: str) -> None:
-    """Empty the private scratch tmpfs so nothing one program wrote there is seen by the next."""
+def wipe_scratch(keep: set[str]) -> None:
+    """Empty the private scratch tmpfs so nothing one program wrote there is seen by the next (`keep`: the
+    worker's own dir and the ways to paths bound under a scratch dir)."""
     for base in SCRATCH_DIRS:
         if not os.path.isdir(base):
             continue
         for name in os.listdir(base):
             path = os.path.join(base, name)
-            if path != keep:
+            if path not in keep:
                 remove_tree(path)
+
+
+def scratch_mount_roots() -> set[str]:
+    """The entries of the scratch dirs that lead to a bind mount (say /tmp/venv when the interpreter lives there):
+    they are part of the file system the program sees, not something a program left behind."""
+    roots = set()
+    for target, _ in _mounts():
+        for base in SCRATCH_DIRS:
+            if target.startswith(base + "/"):
+                roots.add(os.path.join(base, target[len(base) + 1:].split("/")[0]))
+    return roots
 
 
 def remove_tree(path: str) -> None:
@@ -162,7 +233,7 @@ class MemoryCgroup:
 
     @classmethod
     def create(cls, name: str) -> "MemoryCgroup | None":
-        for base, v2 in _memory_cgroup_bases():
+        for base, v2 in memory_cgroup_bases():
             path = os.path.join(base, name)
             try:
                 os.mkdir(path)
@@ -223,7 +294,7 @@ class MemoryCgroup:
         self._fds.clear()
 
 
-def _memory_cgroup_bases() -> list[tuple[str, bool]]:
+def memory_cgroup_bases() -> list[tuple[str, bool]]:
     """Where this process's memory cgroup lives: (directory, is_v2), most specific first."""
     bases = []
     with open("/proc/self/cgroup") as f:

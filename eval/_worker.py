@@ -7,32 +7,33 @@ length-prefixed pickle frames.
 
 Ops: {"op": "run", "source", "limits", "kind", ...} compiles the program (once per distinct source; a compile
 error is the reply {"ce"}), forks one child that runs it on the test inputs and replies with a raw result (exit
-status, CPU and wall time, peak memory, captured output, the child's result frames); {"op": "quit"}.
+status, CPU and wall time, peak memory, captured output, the child's result frames); {"op": "quit"}. A worker that
+cannot set itself up answers the handshake with {"error": reason} instead of its protections.
+
+Budgets: a run of n calls gets n times the per-call CPU and wall limits, fixed before the child starts (RLIMIT_CPU
+and one deadline), and accepts at most n result frames (one for a stdio or in-child assert run): nothing the child
+writes extends its time, and a child that writes more is killed and blamed.
 """
 
 from __future__ import annotations
 
+import fcntl
+import gc
+import importlib.util
+import io
+import json
 import os
+import pickle
+import resource
+import selectors
+import signal
+import struct
+import sys
+import time
+import traceback
+import types
 
-# Single-threaded numeric libraries: forked children must not inherit half-started thread pools.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ[_var] = "1"
-
-import fcntl  # noqa: E402
-import gc  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import pickle  # noqa: E402
-import resource  # noqa: E402
-import selectors  # noqa: E402
-import signal  # noqa: E402
-import struct  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
-import types  # noqa: E402
-
-from eval import _codec, _jail  # noqa: E402
+from eval import _codec, _jail
 
 # Imported once in the worker, so forked children find them loaded. numpy is left out on purpose: its ~20 MB of
 # mappings make every fork and exit slower (about 1 ms a run, measured), no MBPP or HumanEval reference imports
@@ -45,6 +46,7 @@ CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL"
 FD_RESULT, FD_TOKEN = 3, 4
 EXIT_SETUP_FAILED = 121  # the child failed before user code ran: our fault
 READ_CHUNK = 1 << 16
+CPU_POLL_S = 0.25  # how often a step's CPU time is checked while the child writes nothing
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -86,11 +88,19 @@ class Worker:
         self.isolate, self.uid, self.limits = config["isolate"], config["uid"], config["limits"]
         self.protections: dict[str, object] = {}
         self.init_pid = None
-        needed = [sys.base_prefix, sys.prefix, *filter(os.path.isdir, sys.path)]
+        needed, hidden = interpreter_paths(), project_paths()
         if self.isolate:
-            _jail.enter_namespaces(needed)
+            _jail.enter_namespaces(needed, hidden)
             self.protections.update(net_namespace=True, mount_namespace=True, read_only_root=_jail.read_only_root())
         self.base = _jail.make_scratch_base()
+        try:
+            self._set_up(config, needed)
+        except BaseException:
+            _jail.remove_tree(self.base)  # (on the host's /tmp without namespaces)
+            raise
+
+    def _set_up(self, config: dict, needed: list[str]) -> None:
+        self.keep = {self.base, *(_jail.scratch_mount_roots() if self.isolate else ())}
         self.tmp = os.path.join(self.base, "run")  # each run's cwd, made afresh and removed after the run
         _set_child_environment(self.tmp)  # inherited by every child, like the signal dispositions below
         _default_signals()
@@ -155,7 +165,7 @@ class Worker:
         finally:
             _jail.remove_tree(tmp)
             if self.isolate:
-                _jail.wipe_scratch(keep=self.base)
+                _jail.wipe_scratch(keep=self.keep)
 
     def _run_in(self, tmp: str, spec: dict) -> dict:
         limits = {**self.limits, **spec["limits"]}
@@ -173,7 +183,7 @@ class Worker:
         for name, (r, w) in pipes.items():
             os.close(w)
         os.close(pipes["tok"][0])
-        raw = _collect(pid, {n: pipes[n][0] for n in ("out", "err", "res")}, limits, start)
+        raw = _collect(pid, {n: pipes[n][0] for n in ("out", "err", "res")}, limits, start, _steps(spec))
         raw["token_ok"] = [f["data"] for f in raw["frames"]] == [b"T" + token]
         self._sweep()
         if self.cgroup:  # only our children run in the cgroup, so the count after the last run is the baseline
@@ -203,13 +213,13 @@ class Worker:
 
     def _child(self, tmp, spec, limits, stdin_fd, pipes) -> None:
         try:
-            self._contain(tmp, limits, stdin_fd, pipes)
+            self._contain(tmp, limits, _steps(spec), stdin_fd, pipes)
         except BaseException:  # noqa: BLE001 - report anything as our own failure, never the program's
             traceback.print_exc()
             os._exit(EXIT_SETUP_FAILED)
         _run_user_code(self.code, spec)
 
-    def _contain(self, tmp, limits, stdin_fd, pipes) -> None:
+    def _contain(self, tmp, limits, steps, stdin_fd, pipes) -> None:
         """Everything here runs once per test, in a fresh copy of the worker: each first touch of a page of the
         warm heap costs a copy-on-write fault, so the steps are the cheapest kernel-level ones (the environment
         and signal dispositions are already right in the worker, and inherited)."""
@@ -224,11 +234,47 @@ class Worker:
             os.dup2(fd, target)
         os.closerange(FD_TOKEN + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         memory = None if self.cgroup else _address_space_limit(limits["memory_mb"])
-        _jail.set_rlimits(limits["time_s"], memory, limits["nproc"], limits["fsize"], limits["nofile"])
+        _jail.set_rlimits(limits["time_s"] * steps, memory, limits["nproc"], limits["fsize"], limits["nofile"])
         if self.uid is not None:
             _jail.drop_privileges(self.uid)
         sys.set_int_max_str_digits(0)  # huge ints print as they did before Python 3.11
         _fresh_stdio()
+
+
+def interpreter_paths() -> list[str]:
+    """What a program may see of this interpreter: its prefixes (standard library, the virtual environment) and
+    the import path's other directories, less those at or above our own project (PYTHONPATH, an editable
+    install's source tree), which hold the benchmark data. (Our packages inside a prefix, as a non-editable
+    install puts them, are hidden by `project_paths`.)"""
+    root = _project_root()
+    prefixes = {sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix}
+    others = {p for p in sys.path if p and os.path.isdir(p) and not _is_within(root, os.path.abspath(p))}
+    return sorted(set(map(os.path.abspath, prefixes | others)))
+
+
+def project_paths() -> list[str]:
+    """Our own packages (and their data), hidden wherever an interpreter path shows them (a non-editable
+    install puts them inside site-packages), and our source tree when we run from one (a clone inside an
+    interpreter prefix, say)."""
+    found = [os.path.dirname(os.path.abspath(__file__))]
+    if os.path.basename(_project_root()) not in ("site-packages", "dist-packages"):
+        found.append(_project_root())
+    spec = importlib.util.find_spec("algoforge_jax")  # located, not imported: that would load JAX
+    found += list(spec.submodule_search_locations or ()) if spec else []
+    return sorted({os.path.realpath(p) for p in found} | set(found))
+
+
+def _project_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _is_within(path: str, ancestor: str) -> bool:
+    return path == ancestor or path.startswith(ancestor.rstrip("/") + "/")
+
+
+def _steps(spec: dict) -> int:
+    """How many steps (result frames, per-call budgets) a run has: its calls, or one."""
+    return max(1, len(spec["calls"])) if spec["kind"] == "calls" else 1
 
 
 def _set_child_environment(tmp: str) -> None:
@@ -274,10 +320,13 @@ def _fresh_stdio() -> None:
 # ---------------------------------------------------------------- collecting one run
 
 
-def _collect(pid: int, fds: dict[str, int], limits: dict, start: float) -> dict:
+def _collect(pid: int, fds: dict[str, int], limits: dict, start: float, steps: int) -> dict:
     """Drain stdout, stderr and the result pipe concurrently until the child exits or a limit is hit. Each result
     frame (one per step) is stamped with the child's CPU time, wall time and peak memory so far, as the kernel
-    counts them; the CPU and wall limits restart at each frame, so they hold per step."""
+    counts them. The run's budget is fixed: `steps` times the per-step wall limit from the start (and RLIMIT_CPU
+    at `steps` times the CPU limit, set in the child). Within it each step also has its own limits, from the
+    previous frame on, so a call that hangs is stopped after one limit; frames can only end steps, and a frame
+    past the `steps`-th kills the child ("frames")."""
     caps = {"out": limits["output_bytes"], "err": limits["output_bytes"], "res": limits["output_bytes"]}
     bufs = {name: bytearray() for name in fds}
     frames: list[dict] = []
@@ -288,23 +337,30 @@ def _collect(pid: int, fds: dict[str, int], limits: dict, start: float) -> dict:
         os.set_blocking(fd, False)
         sel.register(fd, selectors.EVENT_READ, name)
     sel.register(pidfd, selectors.EVENT_READ, None)
-    deadline = start + limits["wall_s"]
+    run_deadline = start + limits["wall_s"] * steps
+    step_start, step_cpu = start, 0.0  # where the current step began: the start, then its previous frame
     killed = None
     while killed is None:
-        left = deadline - time.monotonic()
-        if left <= 0:
+        now = time.monotonic()
+        deadline = min(run_deadline, step_start + limits["wall_s"])
+        if now >= deadline:
             killed = "wall"
             break
-        events = sel.select(left)
+        events = sel.select(min(deadline - now, CPU_POLL_S))
         if any(key.data is None for key, _ in events):
             break  # the child exited; what it wrote is still in the pipes, read below
         for key, _ in events:
             if not _drain(key.fd, bufs[key.data], caps[key.data], sel):
                 killed = "output"
-        if killed is None and _new_frames(bufs["res"], frames, live.read, start):
-            deadline = time.monotonic() + limits["wall_s"]
-            if frames[-1]["cpu_s"] is not None:
-                _extend_cpu_limit(pid, frames[-1]["cpu_s"], limits["time_s"])
+        if killed is None:
+            seen = len(frames)
+            _new_frames(bufs["res"], frames, live.read, start)
+            if len(frames) > steps:
+                killed = "frames"
+            elif len(frames) > seen:
+                step_start, step_cpu = time.monotonic(), frames[-1]["cpu_s"] or step_cpu
+            elif (live.read()[0] or 0.0) - step_cpu > limits["time_s"]:
+                killed = "cpu"
     _kill(pid)  # the child, or what is left of its process group; before wait4, while the pid is still ours
     _, status, usage = os.wait4(pid, 0)
     wall = time.monotonic() - start
@@ -318,15 +374,19 @@ def _collect(pid: int, fds: dict[str, int], limits: dict, start: float) -> dict:
     final_cpu, final_peak = usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
     if killed is None:  # a frame completed by the chunk that broke the output cap does not count
         _new_frames(bufs["res"], frames, lambda: (final_cpu, final_peak), start)
+        if len(frames) > steps:
+            killed = "frames"
+        elif bufs["res"] and os.WIFEXITED(status):  # bytes that make no whole frame, not cut by a kill
+            killed = "partial frame"
+    del frames[steps:]
     for frame in frames:  # frames read while the child was already a zombie: /proc had no counters left
         if frame["cpu_s"] is None:
             frame.update(cpu_s=final_cpu, peak_mb=final_peak)
     return _raw_result(status, final_cpu, final_peak, wall, killed, bufs, frames)
 
 
-def _new_frames(buf: bytearray, frames: list[dict], counters, start: float) -> bool:
+def _new_frames(buf: bytearray, frames: list[dict], counters, start: float) -> None:
     """Cut complete frames (8-byte length + payload) off the result buffer; stamp each with `counters()`."""
-    found = False
     while len(buf) >= 8:
         (n,) = struct.unpack("<Q", buf[:8])
         if len(buf) < 8 + n:
@@ -335,8 +395,6 @@ def _new_frames(buf: bytearray, frames: list[dict], counters, start: float) -> b
         frames.append({"data": bytes(buf[8:8 + n]), "cpu_s": cpu, "wall_s": time.monotonic() - start,
                        "peak_mb": peak})
         del buf[:8 + n]
-        found = True
-    return found
 
 
 class _LiveCounters:
@@ -370,13 +428,6 @@ class _LiveCounters:
         for fd in self.fds:
             os.close(fd)
         self.fds = []
-
-
-def _extend_cpu_limit(pid: int, used_s: float, limit_s: float) -> None:
-    try:
-        resource.prlimit(pid, resource.RLIMIT_CPU, _jail.cpu_rlimit(used_s + limit_s))
-    except OSError:  # the child may be gone already; the exit path handles it
-        pass
 
 
 def _drain(fd: int, buf: bytearray, cap: int, sel, final: bool = False) -> bool:
@@ -484,7 +535,7 @@ def _run_user_code(code, spec: dict) -> None:
         exec(code, g)
         if kind == "calls":
             for call in spec["calls"]:
-                _report_call(g, call)
+                _report_call(g, call, spec.get("keep_going", False))
         else:
             _report_assert(g, spec["code"])
     except BaseException as e:  # noqa: BLE001 - the program's failure, reported as such
@@ -523,12 +574,20 @@ def _system_exit_code(e: SystemExit) -> int:
     return 1
 
 
-def _report_call(g: dict, call: dict) -> None:
-    fn = g.get(call["fn_name"])
-    if fn is None:
-        raise NameError(f"name {call['fn_name']!r} is not defined")
-    args, kwargs = _codec.decode(call["args"])
-    value = fn(*args, **kwargs)
+def _report_call(g: dict, call: dict, keep_going: bool) -> None:
+    """One call's frame. With `keep_going` an exception is that call's result and the next call still runs (a
+    reward counts every test); else it ends the run."""
+    try:
+        fn = g.get(call["fn_name"])
+        if fn is None:
+            raise NameError(f"name {call['fn_name']!r} is not defined")
+        args, kwargs = _codec.decode(call["args"])
+        value = fn(*args, **kwargs)
+    except BaseException as e:  # noqa: BLE001 - the program's failure, reported as such
+        if not keep_going:
+            raise
+        _report_exception(e)
+        return
     try:
         data = _codec.encode(value)
     except (ValueError, TypeError, RecursionError) as e:
@@ -589,6 +648,10 @@ def _exit(code: int) -> None:
 
 
 def main() -> None:
+    # Single-threaded numeric libraries: forked children must not inherit half-started thread pools. (Set here,
+    # not at import: the parent imports this module for its framing and keeps its own settings.)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        os.environ[var] = "1"
     rfd, wfd = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
@@ -598,7 +661,11 @@ def main() -> None:
             __import__(mod)
         except ImportError:
             pass
-    worker = Worker(recv(rfd))
+    try:
+        worker = Worker(recv(rfd))
+    except Exception as e:  # noqa: BLE001 - the parent raises it as a SandboxError with this reason
+        send(wfd, {"error": f"{type(e).__name__}: {e}"})
+        return
     send(wfd, {"protections": worker.protections})
     gc.freeze()  # keep the warm heap's pages shared with every forked child
     try:

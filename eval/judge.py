@@ -30,10 +30,17 @@ _SAFE_FUNCS: dict[str, Callable] = {
 _SAFE_MATH = {"isclose": math.isclose, "fabs": math.fabs, "sqrt": math.sqrt, "floor": math.floor,
               "ceil": math.ceil, "inf": math.inf, "nan": math.nan, "pi": math.pi, "e": math.e}
 _MAX_SIZE = 10_000_000  # refuse to build strings or lists larger than this in the parent
+_MAX_INT_BITS = 1 << 20  # ints the parent computes with (7**20000 is 56k bits; squaring 1M bits takes ~10 ms)
+_MAX_ITEMS = 1_000_000  # containers the parent sorts, hashes or sums
 
 
 class Unsupported(Exception):
     """The assert uses something the parent-side interpreter does not evaluate."""
+
+
+class TooLarge(ValueError):
+    """A value (possibly the program's) too large for the parent to compute with in bounded time: refused
+    before the work, so a returned 30 MB integer cannot stall a judging thread."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +202,10 @@ class _Eval:
         if type(n.op) not in ops:
             raise Unsupported(type(n.op).__name__)
         a, b = self.eval(n.left), self.eval(n.right)
-        return None if self.dry else ops[type(n.op)](a, b)
+        if self.dry:
+            return None
+        _check_operands(type(n.op), a, b)
+        return ops[type(n.op)](a, b)
 
     def _BoolOp(self, n):
         values = [self.eval(v) for v in n.values]  # no short-circuit: every probe runs anyway
@@ -226,7 +236,14 @@ class _Eval:
         kwargs = {k.arg: self.eval(k.value) for k in n.keywords}
         if any(k is None for k in kwargs) or any(isinstance(a, ast.Starred) for a in n.args):
             raise Unsupported("starred arguments")
-        return None if self.dry else fn(*args, **kwargs)
+        if self.dry:
+            return None
+        if fn not in (len, bool, abs):  # constant or linear work whatever the size
+            for value in (*args, *kwargs.values()):
+                _check_size(value)
+        if fn is round and len(args) == 2 and isinstance(args[1], int) and abs(args[1]) > 10_000:
+            raise TooLarge("round() to more than 10000 digits")  # round(n, -k) computes 10**k
+        return fn(*args, **kwargs)
 
     def _function(self, func: ast.expr) -> Callable:
         if isinstance(func, ast.Name) and func.id in _SAFE_FUNCS:
@@ -248,6 +265,32 @@ class _Eval:
     def _Slice(self, n):
         parts = [None if p is None else self.eval(p) for p in (n.lower, n.upper, n.step)]
         return slice(*parts)
+
+
+def _check_size(value: Any) -> None:
+    """Refuse an operand that is too big to work with: O(1), checked before any operation."""
+    if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
+        raise TooLarge(f"an int of {value.bit_length()} bits")
+    if isinstance(value, (str, bytes)) and len(value) > _MAX_SIZE:
+        raise TooLarge(f"a {type(value).__name__} of {len(value)} items")
+    if isinstance(value, (list, tuple, set, frozenset, dict)) and len(value) > _MAX_ITEMS:
+        raise TooLarge(f"a {type(value).__name__} of {len(value)} items")
+
+
+def _check_operands(op: type, a: Any, b: Any) -> None:
+    """Sizes before arithmetic: each operand, and the result's size (or the work) for the operations that grow
+    faster than their inputs."""
+    _check_size(a)
+    _check_size(b)
+    if not (isinstance(a, int) and isinstance(b, int)):
+        return
+    bits_a, bits_b = a.bit_length(), b.bit_length()
+    if op is ast.Mult and bits_a + bits_b > _MAX_INT_BITS:
+        raise TooLarge(f"a product of {bits_a + bits_b} bits")
+    if op is ast.Pow and b > 0 and bits_a > 1 and (bits_a - 1) * b > _MAX_INT_BITS:
+        raise TooLarge(f"a power of more than {_MAX_INT_BITS} bits")
+    if op in (ast.Div, ast.FloorDiv, ast.Mod) and bits_a * bits_b > 1 << 34:  # schoolbook division: their product
+        raise TooLarge(f"a division of {bits_a}-bit by {bits_b}-bit ints")
 
 
 def _add(a, b):

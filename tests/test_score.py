@@ -4,7 +4,9 @@ samples; the results file, the summary, resuming, and one-line errors."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +15,9 @@ import pytest
 from algoforge_jax.errors import UserError
 from algoforge_jax.jsonl import jsonl_text
 from eval.benchmarks import load_benchmark
-from eval.score import parse_ks, program_for, read_done, read_samples
+from eval.judging import Sample, judge_samples, program_for, result_line
+from eval.sandbox import Sandbox
+from eval.score import parse_ks, read_done, read_samples
 from perturb import perturb_assert
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -29,7 +33,6 @@ def _score(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """Tasks 11-14 of MBPP; task 12's first expected output is changed; samples as listed below."""
-    pytest.importorskip("eval.sandbox")
     tmp = tmp_path_factory.mktemp("score")
     rows = {r["task_id"]: r for r in map(json.loads, MBPP.read_text().splitlines()) if 11 <= r["task_id"] <= 14}
     rows[12]["test_list"][0] = perturb_assert(rows[12]["test_list"][0])
@@ -109,13 +112,28 @@ LIVEBENCH_SOLUTIONS = [
 
 
 def test_livebench_fixture_end_to_end(tmp_path):
-    pytest.importorskip("eval.sandbox")
     (tmp_path / "s.jsonl").write_text(jsonl_text(LIVEBENCH_SOLUTIONS))
     proc = _score("--benchmark", "livebench", "--problems", str(ROOT / "tests" / "fixtures" / "livebench_coding.jsonl"),
                   "--samples", str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "r.jsonl"))
     assert proc.returncode == 0, proc.stderr
     results = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert [(r["task_id"], r["verdict"]) for r in results] == [(s["task_id"], "PASS") for s in LIVEBENCH_SOLUTIONS]
+
+
+def test_a_sandbox_that_cannot_start_is_a_one_line_error(run, tmp_path):
+    """A copy of eval/ whose workers cannot set up their namespaces: one line naming the cause, no traceback."""
+    tmp, args, _ = run
+    shutil.copytree(ROOT / "eval", tmp_path / "eval", ignore=shutil.ignore_patterns("data"))
+    with open(tmp_path / "eval" / "_jail.py", "a") as f:
+        f.write("\n\ndef enter_namespaces(visible, hidden):\n    raise OSError('no namespaces here (test)')\n")
+    out = [*args[:-4], "--out", str(tmp_path / "r.jsonl"), "--k", "1", "--workers", "1"]
+    proc = subprocess.run([sys.executable, "-m", "algoforge_jax", "score", *out], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1] == ("algoforge score: error: the sandbox failed: sandbox worker 0 could not start: "
+                         "OSError: no namespaces here (test)")
+    assert "Traceback" not in proc.stderr
 
 
 # ---------------------------------------------------------------- the pieces, without the sandbox
@@ -129,6 +147,21 @@ def test_program_for_extracts_and_prefixes_completion_tasks():
     assert program_for(completion, whole) == whole  # already starts with the partial solution
     assert program_for(problems["lb-stdin-1"], "no fence, whole text") == "no fence, whole text"
     assert program_for(completion, "   ") == ""  # NO_CODE, not the prefix alone
+
+
+def test_judge_samples_in_batches_in_order():
+    """The library half of `score`, as the Planner->Coder loop and GRPO call it: no files, no flags."""
+    problem = load_benchmark("livebench", ROOT / "tests" / "fixtures" / "livebench_coding.jsonl")[0]
+    completions = ["```python\nprint(int(input()) + 1)\n```", "print(0)", "no code at all: ```python\n```",
+                   "```python\nprint(int(input()) + 1)\n```", "```python\nwhile True: pass\n```"]
+    samples = [Sample(problem, i, program_for(problem, c)) for i, c in enumerate(completions)]
+    seen: list = []
+    with Sandbox(workers=1) as sandbox:
+        judgements = judge_samples(sandbox, samples, batch=2, on_batch=lambda b, j: seen.append(
+            ([s.sample_index for s in b], [x.verdict.value for x in j])))
+    assert seen == [([0, 1], ["PASS", "WA"]), ([2, 3], ["NO_CODE", "PASS"]), ([4], ["TLE"])]
+    assert [result_line(s, j)["verdict"] for s, j in zip(samples, judgements)] == ["PASS", "WA", "NO_CODE",
+                                                                                   "PASS", "TLE"]
 
 
 def test_parse_ks():
