@@ -113,5 +113,5 @@ def main(args: argparse.Namespace) -> int:
     stats = rollout.stats
     print(f"generated {rollout.new_tokens} tokens in {stats.generate_seconds:.2f} s "
           f"({rollout.new_tokens / max(stats.generate_seconds, 1e-9):.1f} tokens/s), "
-          f"compiling {stats.programs_compiled} programs took {stats.compile_seconds:.2f} s", file=sys.stderr)
+          f"plus {stats.compile_seconds:.2f} s compiling {stats.programs_compiled} programs", file=sys.stderr)
     return 0
