@@ -15,6 +15,10 @@ going when the previous one ends.
 Each sampled token's log-probability is kept twice: under the distribution it was drawn from (temperature,
 top-k, top-p applied) and under the plain model (`model_logprobs`), which is what GRPO's ratio needs.
 
+Inputs are checked before anything runs (`check_config`, `check_prompts`: ids outside the vocabulary, prompts too
+long for the model's positions). A call returns its timings with its result (`Rollout.stats`, compile seconds
+apart); the Sampler itself keeps nothing between calls but its compiled programs.
+
 Left out: speculative decoding, paged caches and continuous batching; a batch runs until its longest row ends.
 """
 

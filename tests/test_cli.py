@@ -1,5 +1,6 @@
 """The `algoforge` entry point: help for every command, one-line errors, README and CI in step."""
 
+import json
 import os
 import re
 import subprocess
@@ -97,10 +98,11 @@ def test_compilation_cache_flags_and_environment(monkeypatch, tmp_path):
 
 
 def test_jax_imported_afterwards_reads_the_settings():
-    probe = ("import sys; from algoforge_jax.cli import use_compilation_cache as use; use(*eval(sys.argv[1])); "
+    probe = ("import json, sys; from algoforge_jax.cli import use_compilation_cache as use; "
+             "use(*json.loads(sys.argv[1])); "
              "import jax; print(jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)")
     env = {k: v for k, v in os.environ.items() if k not in CACHE_VARS}
-    for args, want in [(("/flag",), "True /flag"), (("/flag", False), "False")]:
-        out = subprocess.run([sys.executable, "-c", probe, repr(args)], capture_output=True, text=True, cwd=ROOT,
-                             env=env, timeout=60)
+    for args, want in [(["/flag"], "True /flag"), (["/flag", False], "False")]:
+        out = subprocess.run([sys.executable, "-c", probe, json.dumps(args)], capture_output=True, text=True,
+                             cwd=ROOT, env=env, timeout=60)
         assert out.stdout.startswith(want), out.stderr
