@@ -96,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     mesh = sharding.make_mesh()
     model = checkpoints.load_pretrained(args.model, mesh, sharding.SAMPLE_RULES, dtype=args.dtype)
-    sampler, params = make_sampler(model, mesh, sampler_cfg)
+    sampler, params = make_sampler(model, mesh, sampler_cfg, sharding.SAMPLE_RULES)
     rollout = sampler.generate(params, prompts, method, num_samples=args.num_samples, seed=args.seed)
     if jax.process_index() != 0:
         return 0  # every host sampled its part of the batch; one prints the whole of it

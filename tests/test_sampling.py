@@ -261,8 +261,8 @@ def test_ids_outside_the_vocabulary_and_overlong_prompts_are_refused(untied):
         name, value = ("stop token", V) if "stop_token_ids" in bad else ("pad token", -1)
         message = rf"^{name} id {value} is outside the model's vocabulary \(vocab_size {V}\)$"
         with pytest.raises(ValueError, match=message):
-            make_sampler(model, one_device_mesh(), SamplerConfig(NEW, **bad))
-    sampler, _ = make_sampler(model, one_device_mesh(), SamplerConfig(NEW, stop_token_ids=()))
+            make_sampler(model, one_device_mesh(), SamplerConfig(NEW, **bad), sharding.SAMPLE_RULES)
+    sampler, _ = make_sampler(model, one_device_mesh(), SamplerConfig(NEW, stop_token_ids=()), sharding.SAMPLE_RULES)
     cases = [([[5], [7, V + 5]], rf"^prompt 1: token id {V + 5} is outside the model's vocabulary \(vocab_size {V}\)$"),
              ([[1] * (P - NEW + 1)], rf"^prompt 0: {P - NEW + 1} tokens \+ max_new_tokens {NEW} exceed the model's "
                                      rf"max_position_embeddings \({P}\)$"),
