@@ -31,12 +31,11 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
                         help="join a multi-process JAX run (one process per host) before the command: "
                              "jax.distributed.initialize(), auto-detected on Cloud TPU and SLURM, else from "
                              "ALGOFORGE_COORDINATOR_ADDRESS, ALGOFORGE_NUM_PROCESSES and ALGOFORGE_PROCESS_ID")
-    parser.add_argument("--compilation-cache", metavar="DIR",
-                        help="where compiled XLA programs are kept, so a repeated command loads them instead of "
-                             "compiling (default: $JAX_COMPILATION_CACHE_DIR, else "
-                             "$XDG_CACHE_HOME/algoforge_jax/jax, i.e. ~/.cache/algoforge_jax/jax)")
     parser.add_argument("--no-compilation-cache", action="store_true",
-                        help="compile every program afresh (as does JAX_ENABLE_COMPILATION_CACHE=false)")
+                        help="compile every program afresh (as does JAX_ENABLE_COMPILATION_CACHE=false). By "
+                             "default compiled programs are kept in $JAX_COMPILATION_CACHE_DIR, else "
+                             "$XDG_CACHE_HOME/algoforge_jax/jax (~/.cache/algoforge_jax/jax), so a repeated command "
+                             "loads them instead of compiling")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -45,21 +44,19 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def use_compilation_cache(directory: str | None, enabled: bool = True) -> None:
-    """Turns on JAX's persistent compilation cache for this process and the ones it starts.
+def use_compilation_cache(enabled: bool = True) -> None:
+    """Turns on JAX's persistent compilation cache for this process and the ones it starts, in
+    $JAX_COMPILATION_CACHE_DIR if the user set it, else under the user's cache dir.
 
-    Set through JAX's own environment variables, which JAX reads when it is imported (command modules import it
-    lazily, after this runs): the flags win, then JAX_ENABLE_COMPILATION_CACHE / JAX_COMPILATION_CACHE_DIR as the
-    user set them, then a directory under the user's cache dir. Programs that compile in under
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS (JAX's default: 1 s) are not stored.
+    Done through JAX's own environment variables, which JAX reads when it is imported (command modules import it
+    lazily, after this runs), so JAX_ENABLE_COMPILATION_CACHE=false turns it off as well as the flag does.
+    Programs that compile in under JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS (JAX's default: 1 s) are not stored.
     """
     if not enabled:
         os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
-    elif directory is not None:
-        os.environ.update(JAX_ENABLE_COMPILATION_CACHE="true", JAX_COMPILATION_CACHE_DIR=directory)
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(base, "algoforge_jax", "jax"))
+        return
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(base, "algoforge_jax", "jax"))
 
 
 def initialize_distributed() -> None:
@@ -93,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(COMMANDS[args.command][0])
-    use_compilation_cache(args.compilation_cache, enabled=not args.no_compilation_cache)
+    use_compilation_cache(enabled=not args.no_compilation_cache)
     try:
         if args.distributed:
             initialize_distributed()

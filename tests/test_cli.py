@@ -1,6 +1,5 @@
 """The `algoforge` entry point: help for every command, one-line errors, README and CI in step."""
 
-import json
 import os
 import re
 import subprocess
@@ -77,32 +76,35 @@ def test_a_second_run_loads_its_programs_from_the_default_compilation_cache(tmp_
     assert second.stdout == first.stdout and second.stdout.count("token_ids") == 1
 
 
-def test_compilation_cache_flags_and_environment(monkeypatch, tmp_path):
+def test_compilation_cache_directory_and_switch(monkeypatch, tmp_path):
     for var in CACHE_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    use_compilation_cache(None)
+    use_compilation_cache()
     assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / ".cache" / "algoforge_jax" / "jax")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/explicit")  # a user's own setting wins over the default
-    use_compilation_cache(None)
-    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/explicit"
+    use_compilation_cache()
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/explicit" and "JAX_ENABLE_COMPILATION_CACHE" not in os.environ
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
-    use_compilation_cache(None)
+    use_compilation_cache()
     assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "xdg" / "algoforge_jax" / "jax")
-    monkeypatch.setenv("JAX_ENABLE_COMPILATION_CACHE", "false")
-    use_compilation_cache("/flag")  # the flag wins over the environment
-    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/flag" and os.environ["JAX_ENABLE_COMPILATION_CACHE"] == "true"
-    use_compilation_cache("/flag", enabled=False)
+    use_compilation_cache(enabled=False)
     assert os.environ["JAX_ENABLE_COMPILATION_CACHE"] == "false"
 
 
-def test_jax_imported_afterwards_reads_the_settings():
-    probe = ("import json, sys; from algoforge_jax.cli import use_compilation_cache as use; "
-             "use(*json.loads(sys.argv[1])); "
+def test_jax_imported_afterwards_reads_the_settings(tmp_path):
+    probe = ("import sys; from algoforge_jax.cli import use_compilation_cache; "
+             "use_compilation_cache(sys.argv[1] == 'on'); "
              "import jax; print(jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)")
     env = {k: v for k, v in os.environ.items() if k not in CACHE_VARS}
-    for args, want in [(["/flag"], "True /flag"), (["/flag", False], "False")]:
-        out = subprocess.run([sys.executable, "-c", probe, json.dumps(args)], capture_output=True, text=True,
-                             cwd=ROOT, env=env, timeout=60)
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    for switch, want in [("on", f"True {tmp_path / 'algoforge_jax' / 'jax'}"), ("off", "False")]:
+        out = subprocess.run([sys.executable, "-c", probe, switch], capture_output=True, text=True, cwd=ROOT,
+                             env=env, timeout=60)
         assert out.stdout.startswith(want), out.stderr
+
+
+def test_global_flags_come_before_the_command(tmp_path):
+    result = algoforge("--no-compilation-cache", "generate", "--model", str(tmp_path / "nope"), "--prompt-ids", "1")
+    assert result.returncode == 2 and f"{tmp_path / 'nope'}: no such model directory" in result.stderr
