@@ -25,7 +25,7 @@ from algoforge_jax import sharding
 from algoforge_jax.convert.hf import copy_sidecar_files, load_hf_model
 from algoforge_jax.errors import UserError
 from algoforge_jax.models.build import abstract_model
-from algoforge_jax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
+from algoforge_jax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM, load_hf_config
 
 _OURS = ("dtype", "param_dtype", "checkpoint_dtype")
 
@@ -109,4 +109,15 @@ def load_pretrained(path, mesh: Mesh, rules: sharding.ShardingRules, **overrides
         return load_model(path, mesh, rules, **overrides)
     if (path / "config.json").exists():
         return load_hf_model(path, mesh, rules, **overrides)
+    raise UserError(f"{path}: neither a Hugging Face model directory (config.json) nor an orbax checkpoint")
+
+
+def read_pretrained_config(path, **overrides) -> Qwen2Config:
+    """The config of a model `load_pretrained` would load, read without touching the weights, so inputs can be
+    checked against it before a long load."""
+    path = Path(path)
+    if is_orbax_checkpoint(path):
+        return read_config(path, **overrides)
+    if (path / "config.json").exists():
+        return load_hf_config(path / "config.json", **overrides)
     raise UserError(f"{path}: neither a Hugging Face model directory (config.json) nor an orbax checkpoint")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from algoforge_jax.errors import UserError
@@ -30,6 +31,11 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
                         help="join a multi-process JAX run (one process per host) before the command: "
                              "jax.distributed.initialize(), auto-detected on Cloud TPU and SLURM, else from "
                              "ALGOFORGE_COORDINATOR_ADDRESS, ALGOFORGE_NUM_PROCESSES and ALGOFORGE_PROCESS_ID")
+    parser.add_argument("--no-compilation-cache", action="store_true",
+                        help="compile every program afresh (as does JAX_ENABLE_COMPILATION_CACHE=false). By "
+                             "default compiled programs are kept in $JAX_COMPILATION_CACHE_DIR, else "
+                             "$XDG_CACHE_HOME/algoforge_jax/jax (~/.cache/algoforge_jax/jax), so a repeated command "
+                             "loads them instead of compiling")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -38,10 +44,23 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def use_compilation_cache(enabled: bool = True) -> None:
+    """Turns on JAX's persistent compilation cache for this process and the ones it starts, in
+    $JAX_COMPILATION_CACHE_DIR if the user set it, else under the user's cache dir.
+
+    Done through JAX's own environment variables, which JAX reads when it is imported (command modules import it
+    lazily, after this runs), so JAX_ENABLE_COMPILATION_CACHE=false turns it off as well as the flag does.
+    Programs that compile in under JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS (JAX's default: 1 s) are not stored.
+    """
+    if not enabled:
+        os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+        return
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(base, "algoforge_jax", "jax"))
+
+
 def initialize_distributed() -> None:
     """One process per host: every process runs the same command and sees the devices of all hosts."""
-    import os
-
     import jax
 
     # The CPU/GPU collectives library (gloo) announces its connections on the process's stdout, which must stay
@@ -71,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(COMMANDS[args.command][0])
+    use_compilation_cache(enabled=not args.no_compilation_cache)
     try:
         if args.distributed:
             initialize_distributed()

@@ -2,7 +2,8 @@
 
 Prompts come from `--prompt TEXT`, `--prompt-ids 1,2,3`, or `--prompts-file F` (JSON lines, each with "prompt",
 "prompt_ids" or chat "messages"); all of them run as one batch through the jitted sampler in `sampling.py`.
-Throughput (generated tokens per second) goes to stderr so stdout stays machine-readable.
+Token ids are checked against the model's config before its weights load. Throughput (generated tokens per second,
+compile time apart) goes to stderr so stdout stays machine-readable.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from algoforge_jax.errors import UserError
 from algoforge_jax.jsonl import read_jsonl
+from algoforge_jax.tokenizer import encode, load_tokenizer, pad_token_id, stop_token_ids
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -49,63 +51,52 @@ def _read_prompts_file(path: Path) -> list[dict]:
     for where, row in read_jsonl(path):
         if not isinstance(row, dict) or not ({"prompt", "prompt_ids", "messages"} & row.keys()):
             raise UserError(f"{where}: needs a field 'prompt', 'prompt_ids' or 'messages'")
+        ids = row.get("prompt_ids", [])
+        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise UserError(f"{where}: field 'prompt_ids' must be a list of integers")
         rows.append(row)
     if not rows:
         raise UserError(f"{path}: no prompts")
     return rows
 
 
-def encode_prompts(args, tokenizer, prompt_ids: list[int] | None = None) -> list[list[int]]:
-    if prompt_ids is not None:
-        return [prompt_ids]
-    rows = [{"prompt": args.prompt}] if args.prompt is not None else _read_prompts_file(args.prompts_file)
+def _prompt_ids(rows: list[dict], tokenizer, chat: bool, model: Path) -> list[list[int]]:
     if tokenizer is None and any("prompt_ids" not in r for r in rows):
-        raise UserError(f"{args.model}: text prompts need a tokenizer, and the model directory has none")
-    out = []
-    for row in rows:
-        if "prompt_ids" in row:
-            out.append([int(t) for t in row["prompt_ids"]])
-        elif "messages" in row or args.chat:
-            messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
-            out.append(list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                          return_dict=False)))
-        else:
-            out.append(tokenizer.encode(row["prompt"], add_special_tokens=False))
-    return out
+        raise UserError(f"{model}: text prompts need a tokenizer, and the model directory has none")
+    return [r["prompt_ids"] if "prompt_ids" in r else encode(tokenizer, r.get("messages") or r["prompt"], chat)
+            for r in rows]
 
 
 def main(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1 or args.num_samples < 1:
         raise UserError("--max-new-tokens and --num-samples must be at least 1")
-    # Flags parsed before anything slow is loaded, so a typo fails at once.
-    prompt_ids = _int_list(args.prompt_ids, "--prompt-ids") if args.prompt_ids is not None else None
+    # Flags and inputs are checked before anything slow runs, so a typo fails at once.
     stop_ids = _int_list(args.stop_ids, "--stop-ids") if args.stop_ids else None
+    if args.prompt_ids is not None:
+        rows = [{"prompt_ids": _int_list(args.prompt_ids, "--prompt-ids")}]
+    else:
+        rows = [{"prompt": args.prompt}] if args.prompt is not None else _read_prompts_file(args.prompts_file)
     if not args.model.exists():
         raise UserError(f"{args.model}: no such model directory")
     import jax
 
-    from algoforge_jax.sampling import SamplerConfig, make_sampler, sampling_method
+    from algoforge_jax import checkpoints, sharding
+    from algoforge_jax.sampling import SamplerConfig, check_config, check_prompts, make_sampler, sampling_method
 
+    cfg = checkpoints.read_pretrained_config(args.model)
+    tokenizer = load_tokenizer(args.model, cfg.vocab_size) if checkpoints.tokenizer_dir(args.model) else None
+    prompts = _prompt_ids(rows, tokenizer, args.chat, args.model)
+    stops = stop_ids or stop_token_ids(tokenizer, cfg.eos_token_id)
+    sampler_cfg = SamplerConfig(args.max_new_tokens, tuple(stops), pad_token_id(tokenizer, cfg.pad_token_id))
     try:
         method = sampling_method(args.temperature, args.top_k, args.top_p)
+        check_config(cfg, sampler_cfg)
+        check_prompts(cfg, sampler_cfg, prompts)
     except ValueError as e:
         raise UserError(str(e)) from None
-    from algoforge_jax import checkpoints, sharding
-    from algoforge_jax.tokenizer import load_tokenizer, stop_token_ids
-
-    tokenizer = load_tokenizer(args.model) if checkpoints.tokenizer_dir(args.model) else None
-    prompts = encode_prompts(args, tokenizer, prompt_ids)
     mesh = sharding.make_mesh()
     model = checkpoints.load_pretrained(args.model, mesh, sharding.SAMPLE_RULES, dtype=args.dtype)
-    cfg = model.config
-    too_long = [i for i, p in enumerate(prompts) if len(p) + args.max_new_tokens > cfg.max_position_embeddings]
-    if too_long:
-        raise UserError(f"prompt {too_long[0]}: prompt + --max-new-tokens exceeds the model's "
-                        f"max_position_embeddings ({cfg.max_position_embeddings})")
-    stops = stop_ids or stop_token_ids(tokenizer, cfg.eos_token_id)
-    pad = cfg.pad_token_id if cfg.pad_token_id is not None else (tokenizer.pad_token_id if tokenizer else 0) or 0
-    sampler, params = make_sampler(model, mesh, SamplerConfig(args.max_new_tokens, tuple(stops), pad),
-                                   sharding.SAMPLE_RULES)
+    sampler, params = make_sampler(model, mesh, sampler_cfg, sharding.SAMPLE_RULES)
     rollout = sampler.generate(params, prompts, method, num_samples=args.num_samples, seed=args.seed)
     if jax.process_index() != 0:
         return 0  # every host sampled its part of the batch; one prints the whole of it
@@ -119,8 +110,8 @@ def main(args: argparse.Namespace) -> int:
             "logprobs": [round(float(x), 6) for x in rollout.model_logprobs[r, : len(ids)]],
             "finish_reason": rollout.finish_reason[r],
         }))
-    stats = sampler.last_stats
-    print(f"generated {int(stats['new_tokens'])} tokens in {stats['seconds']:.2f} s "
-          f"({stats['new_tokens'] / max(stats['seconds'], 1e-9):.1f} tokens/s, compile included)", file=sys.stderr)
+    stats = rollout.stats
+    print(f"generated {rollout.new_tokens} tokens in {stats.generate_seconds:.2f} s "
+          f"({rollout.new_tokens / max(stats.generate_seconds, 1e-9):.1f} tokens/s), "
+          f"plus {stats.compile_seconds:.2f} s compiling {stats.programs_compiled} programs", file=sys.stderr)
     return 0
-

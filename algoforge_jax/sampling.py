@@ -15,11 +15,16 @@ going when the previous one ends.
 Each sampled token's log-probability is kept twice: under the distribution it was drawn from (temperature,
 top-k, top-p applied) and under the plain model (`model_logprobs`), which is what GRPO's ratio needs.
 
+Inputs are checked before anything runs (`check_config`, `check_prompts`: ids outside the vocabulary, prompts too
+long for the model's positions). A call returns its timings with its result (`Rollout.stats`, compile seconds
+apart); the Sampler itself keeps nothing between calls but its compiled programs.
+
 Left out: speculative decoding, paged caches and continuous batching; a batch runs until its longest row ends.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import time
@@ -32,7 +37,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from algoforge_jax import sharding
-from algoforge_jax.models.qwen2 import KVCache, LayerCache, Qwen2ForCausalLM
+from algoforge_jax.models.qwen2 import KVCache, LayerCache, Qwen2Config, Qwen2ForCausalLM
 
 FINISH_REASONS = ("running", "eos", "length")  # index = code in SampleState.finish_B
 
@@ -212,6 +217,22 @@ class SampleState:
 
 
 @dataclasses.dataclass(frozen=True)
+class SampleStats:
+    """Where one call's time went. Compiling is reported apart: it is paid once per shape bucket (and, with
+    JAX's persistent compilation cache, mostly skipped by later processes), generating on every call."""
+
+    compile_seconds: float  # lowering and compiling the programs this call was the first to need
+    prefill_seconds: float
+    decode_seconds: float  # the decode loops and cache growth, until the last token is on the device
+    decode_steps: int  # model calls made by the decode loop (the prefill chose the first token)
+    programs_compiled: int  # programs this call compiled (or loaded from the persistent cache)
+
+    @property
+    def generate_seconds(self) -> float:
+        return self.prefill_seconds + self.decode_seconds
+
+
+@dataclasses.dataclass(frozen=True)
 class Rollout:
     """Host-side result. Rows are prompt-major: row = prompt_index * num_samples + sample_index."""
 
@@ -222,9 +243,50 @@ class Rollout:
     finish_reason: list[str]  # "eos" or "length"
     prompt_index: np.ndarray
     sample_index: np.ndarray
+    stats: SampleStats
 
     def row_tokens(self, r: int) -> list[int]:
         return self.tokens[r, : self.lengths[r]].tolist()
+
+    @property
+    def new_tokens(self) -> int:
+        """Tokens generated over all rows, stop tokens included."""
+        return int(self.lengths.sum())
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+
+def _outside(ids, vocab_size: int) -> int | None:
+    """The first id that is not a row of the embedding table, or None."""
+    ids = np.asarray(ids, np.int64)
+    bad = ids[(ids < 0) | (ids >= vocab_size)]
+    return int(bad[0]) if bad.size else None
+
+
+def check_config(model_cfg: Qwen2Config, cfg: SamplerConfig) -> None:
+    """Refuses stop and pad ids the model cannot embed or produce: an out-of-range pad id would otherwise fill
+    padding with garbage and a stop id could never match, both silently."""
+    V = model_cfg.vocab_size
+    for name, ids in (("stop token", cfg.stop_token_ids), ("pad token", [cfg.pad_token_id])):
+        if (bad := _outside(ids, V)) is not None:
+            raise ValueError(f"{name} id {bad} is outside the model's vocabulary (vocab_size {V})")
+
+
+def check_prompts(model_cfg: Qwen2Config, cfg: SamplerConfig, prompts: Sequence[Sequence[int]]) -> None:
+    """Refuses, naming the prompt, one that is empty, holds an id outside the vocabulary, or whose tokens plus
+    max_new_tokens exceed max_position_embeddings (RoPE positions count real tokens only, so padding is free)."""
+    if not prompts:
+        raise ValueError("no prompts")
+    V, P, N = model_cfg.vocab_size, model_cfg.max_position_embeddings, cfg.max_new_tokens
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {i}: needs at least one token")
+        if (bad := _outside(prompt, V)) is not None:
+            raise ValueError(f"prompt {i}: token id {bad} is outside the model's vocabulary (vocab_size {V})")
+        if len(prompt) + N > P:
+            raise ValueError(f"prompt {i}: {len(prompt)} tokens + max_new_tokens {N} exceed the model's "
+                             f"max_position_embeddings ({P})")
 
 
 def _record(state: SampleState, logits_BV, method, cfg: SamplerConfig, rng) -> SampleState:
@@ -328,79 +390,88 @@ def _bucket(n: int, minimum: int) -> int:
 
 
 class Sampler:
-    """Generates from one model architecture on one mesh; compiled programs are cached per (shape bucket, method).
+    """Generates from one model architecture on one mesh; compiled programs are kept per (program, method, shapes).
 
     Weights are passed to every call, so the same Sampler serves a policy whose weights change between calls.
+    Programs are compiled ahead of time (`jit(...).lower(...).compile()`) the first time a call needs them, so
+    that a call can report its compile seconds apart from its generation seconds.
     """
 
-    def __init__(self, graphdef, mesh: Mesh, cfg: SamplerConfig, rules: sharding.ShardingRules):
-        self.graphdef, self.mesh, self.cfg, self.rules = graphdef, mesh, cfg, rules
+    def __init__(self, graphdef, model_cfg: Qwen2Config, mesh: Mesh, cfg: SamplerConfig,
+                 rules: sharding.ShardingRules):
+        check_config(model_cfg, cfg)
+        self.graphdef, self.model_cfg, self.mesh, self.cfg, self.rules = graphdef, model_cfg, mesh, cfg, rules
         self.batch_multiple = sharding.batch_shards(mesh, rules)
-        self.traces = 0  # how many times a program was traced (each trace is one compilation)
-        self._compiled: dict = {}  # sampling method -> (prefill, decode, grow), each jitted once per shape
-        self.last_stats: dict[str, float] = {}
+        self._jitted: dict = {}  # sampling method -> (prefill, decode, grow), jitted but not yet compiled
+        self._executables: dict = {}  # (jitted program, static args, argument shapes and shardings) -> compiled
+
+    @property
+    def traces(self) -> int:
+        """How many programs have been compiled: one per (program, method, shape bucket, cache size)."""
+        return len(self._executables)
 
     def _programs(self, method):
-        if method not in self._compiled:
-            self._compiled[method] = self._jit_programs(method)
-        return self._compiled[method]
+        if method not in self._jitted:
+            layout = functools.partial(_constrain, mesh=self.mesh, rules=self.rules)
+            common = dict(method=method, cfg=self.cfg, layout=layout)
+            self._jitted[method] = (jax.jit(functools.partial(_prefill, self.graphdef, **common)),
+                                    jax.jit(functools.partial(_decode, self.graphdef, **common), donate_argnums=1),
+                                    jax.jit(functools.partial(_grow, layout=layout), static_argnames="size"))
+        return self._jitted[method]
 
-    def _jit_programs(self, method):
-        layout = functools.partial(_constrain, mesh=self.mesh, rules=self.rules)
-
-        def counted(fn):
-            def traced(*args, **kwargs):
-                self.traces += 1
-                return fn(self.graphdef, *args, method=method, cfg=self.cfg, layout=layout, **kwargs)
-
-            return traced
-
-        def grow(state, size):
-            self.traces += 1
-            return _grow(state, size=size, layout=layout)
-
-        prefill = jax.jit(counted(_prefill))
-        decode = jax.jit(counted(_decode), donate_argnums=(1,))
-        return prefill, decode, jax.jit(grow, static_argnums=1)
+    def _call(self, seconds: collections.Counter, phase: str, program, *args, **static):
+        """`program(*args, **static)`, compiled first if these shapes and shardings are new; adds the seconds
+        spent compiling, and running until the result is on the device, to `seconds["compile"]` and
+        `seconds[phase]`."""
+        leaves, tree = jax.tree.flatten(args)
+        key = (program, tuple(static.items()), tree, tuple((x.shape, x.dtype, x.sharding) for x in leaves))
+        start = time.perf_counter()
+        if key not in self._executables:
+            self._executables[key] = program.lower(*args, **static).compile()
+            seconds["compile"] += time.perf_counter() - start
+            start = time.perf_counter()
+        out = jax.block_until_ready(self._executables[key](*args))
+        seconds[phase] += time.perf_counter() - start
+        return out
 
     def generate(self, params: nnx.State, prompts: Sequence[Sequence[int]], method=Greedy(),
                  num_samples: int = 1, seed: int = 0) -> Rollout:
-        """Samples `num_samples` continuations of every prompt (token id lists)."""
-        start = time.perf_counter()
-        state, num_rows = self.run(params, prompts, method, num_samples, seed)
-        out = [sharding.to_host(x) for x in (state.tokens_BN, state.logprobs_BN, state.model_logprobs_BN,
-                                             state.finish_B, state.step)]
-        end = time.perf_counter()
-        # decode_steps: model calls made by the decode loop (the prefill chose the first token).
-        self.last_stats.update(seconds=end - start, decode_seconds=end - start - self.last_stats["prefill_seconds"],
-                               decode_steps=float(out[-1]) - 1)
-        return self._rollout(*out[:-1], num_rows=num_rows, num_samples=num_samples)
+        """Samples `num_samples` continuations of every prompt (token id lists); the Rollout carries the
+        call's timings. Raises ValueError, naming the prompt, for ids outside the vocabulary or prompts too
+        long for the model's positions (see `check_prompts`)."""
+        state, stats = self.run(params, prompts, method, num_samples, seed)
+        num_rows = len(prompts) * num_samples
+        out = [sharding.to_host(x)[:num_rows] for x in (state.tokens_BN, state.logprobs_BN,
+                                                         state.model_logprobs_BN, state.finish_B)]
+        return self._rollout(*out, stats=stats, num_samples=num_samples)
 
     def run(self, params: nnx.State, prompts: Sequence[Sequence[int]], method=Greedy(), num_samples: int = 1,
-            seed: int = 0) -> tuple[SampleState, int]:
-        """`generate` without leaving the devices: (the final, sharded SampleState, number of real rows).
+            seed: int = 0) -> tuple[SampleState, SampleStats]:
+        """`generate` without copying the result to the host: (the final, sharded SampleState, timings).
 
-        The state's batch is padded to its bucket; rows past the real ones are filler and finished from the start.
-        Its cache is only as large as the last decode segment that ran.
+        The state's batch is padded to its bucket: its first len(prompts) * num_samples rows are the real ones,
+        the others filler, finished from the start. Its cache is only as large as the last decode segment that ran.
         """
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("every prompt needs at least one token")
+        check_prompts(self.model_cfg, self.cfg, prompts)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
         rows = [list(p) for p in prompts for _ in range(num_samples)]
         prompts_BT, valid_BT, live_B = self._pad(rows)
         put = lambda x: sharding.from_host(x, sharding.batch_sharding(self.mesh, self.rules, x.ndim))  # noqa: E731
         prefill, decode, grow = self._programs(method)
-        start = time.perf_counter()
+        seconds, compiled_before = collections.Counter(), self.traces
         with jax.set_mesh(self.mesh):
-            state = prefill(params, put(prompts_BT), put(valid_BT), put(live_B), jax.random.key(seed))
-            # One sync, so prefill and decode times are reported apart (a decode step's cost is what scales).
-            state = jax.block_until_ready(state)
-            self.last_stats = {"prefill_seconds": time.perf_counter() - start}
-            state, running = decode(params, state)
+            state = self._call(seconds, "prefill", prefill, params, put(prompts_BT), put(valid_BT), put(live_B),
+                               jax.random.key(seed))
+            state, running = self._call(seconds, "decode", decode, params, state)
             for room in self.cfg.segments[1:]:
                 if not sharding.to_host(running):
                     break
-                state, running = decode(params, grow(state, prompts_BT.shape[1] + room))
-            return state, len(rows)
+                state = self._call(seconds, "decode", grow, state, size=prompts_BT.shape[1] + room)
+                state, running = self._call(seconds, "decode", decode, params, state)
+        stats = SampleStats(float(seconds["compile"]), seconds["prefill"], seconds["decode"],
+                            int(sharding.to_host(state.step)) - 1, self.traces - compiled_before)
+        return state, stats
 
     def _pad(self, rows: list[list[int]]):
         T = _bucket(max(map(len, rows)), self.cfg.min_prompt_bucket)
@@ -414,18 +485,16 @@ class Sampler:
         valid_BT[len(rows):, -1] = True  # filler rows: one dummy token so no softmax is all-masked
         return prompts_BT, valid_BT, np.arange(B) < len(rows)
 
-    def _rollout(self, tokens, logprobs, model_logprobs, finish, *, num_rows: int, num_samples: int) -> Rollout:
-        tokens, logprobs, model_logprobs, finish = (x[:num_rows] for x in (tokens, logprobs, model_logprobs, finish))
+    def _rollout(self, tokens, logprobs, model_logprobs, finish, *, stats: SampleStats, num_samples: int) -> Rollout:
         # A stopped row ends at its first stop token (included); every other row used the whole budget.
         first_stop = np.argmax(np.isin(tokens, self.cfg.stop_token_ids), axis=1) + 1
         lengths = np.where(finish == 1, first_stop, self.cfg.max_new_tokens).astype(np.int64)
-        rows = np.arange(num_rows)
-        self.last_stats["new_tokens"] = float(lengths.sum())
+        rows = np.arange(len(tokens))
         return Rollout(tokens, lengths, logprobs, model_logprobs, [FINISH_REASONS[f] for f in finish],
-                       rows // num_samples, rows % num_samples)
+                       rows // num_samples, rows % num_samples, stats)
 
 
 def make_sampler(model: Qwen2ForCausalLM, mesh: Mesh, cfg: SamplerConfig, rules: sharding.ShardingRules):
     """(Sampler, params): the sampler for this model's architecture and the weights to pass it."""
     graphdef, params = nnx.split(model)
-    return Sampler(graphdef, mesh, cfg, rules), params
+    return Sampler(graphdef, model.config, mesh, cfg, rules), params

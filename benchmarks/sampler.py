@@ -148,13 +148,16 @@ def _prompts(batch: int, max_len: int, vocab: int, seed: int = 0) -> list[list[i
     return [rng.integers(1, vocab, n).tolist() for n in lengths]
 
 
-def time_ours(sampler, params, prompts, repeats: int) -> tuple[float, dict, object]:
+def time_ours(sampler, params, prompts, repeats: int) -> tuple[float, object, object]:
+    """(best seconds, its SampleStats, a rollout), compiling left out."""
     sampler.generate(params, prompts)  # compile
-    best, stats, rollout = float("inf"), {}, None
+    best, stats, rollout = float("inf"), None, None
     for _ in range(repeats):
+        start = time.perf_counter()
         rollout = sampler.generate(params, prompts)
-        if sampler.last_stats["seconds"] < best:
-            best, stats = sampler.last_stats["seconds"], dict(sampler.last_stats)
+        seconds = time.perf_counter() - start
+        if seconds < best:
+            best, stats = seconds, rollout.stats
     return best, stats, rollout
 
 
@@ -213,7 +216,7 @@ def cpu(args) -> None:
 
 
 def _step_ms(stats: dict) -> float:
-    return stats["decode_seconds"] / max(stats["decode_steps"], 1) * 1e3
+    return stats.decode_seconds / max(stats.decode_steps, 1) * 1e3
 
 
 def _compare(sampler, static, params, hf, cfg, batch: int, threads: int, args) -> None:
@@ -226,7 +229,7 @@ def _compare(sampler, static, params, hf, cfg, batch: int, threads: int, args) -
     static_s, static_stats, static_rollout = time_ours(static, params, prompts, args.repeats)
     agree = float(np.mean(rollout.tokens == torch_tokens))
     print(f"cpu, {threads} threads: batch {batch} x {args.new_tokens} new tokens, prompts <= {args.prompt_len}")
-    print(f"  algoforge_jax  {total / ours_s:9.1f} tokens/s  ({ours_s:.3f} s; prefill {stats['prefill_seconds']:.3f} s,"
+    print(f"  algoforge_jax  {total / ours_s:9.1f} tokens/s  ({ours_s:.3f} s; prefill {stats.prefill_seconds:.3f} s,"
           f" {_step_ms(stats):.2f} ms/decode step; decode segments {sampler.cfg.segments})")
     print(f"  transformers   {total / torch_s:9.1f} tokens/s  ({torch_s:.3f} s)")
     print(f"  ratio          {torch_s / ours_s:9.2f}x   (greedy tokens equal to transformers': {agree:.1%})")
@@ -272,10 +275,10 @@ def gpu(args) -> None:
             prompts = _prompts(batch, args.prompt_len, cfg.vocab_size)
             prompts = [p + [1] * (args.prompt_len - len(p)) for p in prompts]  # exact length: no pad to count
             _, stats, _ = time_ours(sampler, params, prompts, args.repeats)
-            step = stats["decode_seconds"] / max(stats["decode_steps"], 1)
+            step = stats.decode_seconds / max(stats.decode_steps, 1)
             gbps, frac = bandwidth_utilisation(cfg, batch, args.prompt_len, args.new_tokens, step, args.peak_gbps)
             print(f"  {name:14s} batch {batch:4d}: {batch / step:10.1f} tokens/s  {step * 1e3:7.2f} ms/step  "
-                  f"{gbps:7.1f} GB/s = {frac:6.1%} of peak  (prefill {stats['prefill_seconds'] * 1e3:.1f} ms)")
+                  f"{gbps:7.1f} GB/s = {frac:6.1%} of peak  (prefill {stats.prefill_seconds * 1e3:.1f} ms)")
         del model, sampler, params
 
 

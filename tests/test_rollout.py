@@ -114,7 +114,7 @@ def agents(models):
     graphdef, _ = nnx.split(models[0])
     cfg = SamplerConfig(max_new_tokens=N, stop_token_ids=STOPS, pad_token_id=151643, min_prompt_bucket=256,
                         min_batch_bucket=16, first_segment=0)
-    sampler = CountingSampler(graphdef, one_device_mesh(), cfg, sharding.SAMPLE_RULES)
+    sampler = CountingSampler(graphdef, models[0].config, one_device_mesh(), cfg, sharding.SAMPLE_RULES)
     return tuple(Policy(sampler, nnx.state(m)) for m in models)
 
 

@@ -14,14 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from algoforge_jax import sharding
 from algoforge_jax.convert.hf import load_hf_model
-from algoforge_jax.sampling import (Greedy, Sample, SamplerConfig, blocked_argmax, blocked_categorical, make_sampler,
-                                    sampling_method)
+from algoforge_jax.sampling import (Greedy, Sample, SamplerConfig, blocked_argmax, blocked_categorical, check_prompts,
+                                    make_sampler, sampling_method)
 from algoforge_jax.sharding import SAMPLE_RULES
 from algoforge_jax.tokenizer import BUNDLED_QWEN25
-from hf_tiny import forward, one_device_mesh, save_hf_model
+from hf_tiny import forward, one_device_mesh, save_hf_model, tokens_and_mask
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [[5, 17, 300, 42, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [777], [64, 128, 256, 512, 999, 0, 3, 8, 1]]
@@ -230,7 +231,50 @@ def test_max_new_tokens_limits_every_row(untied, budget):
     assert rollout.tokens.shape == (len(PROMPTS), budget)
     assert rollout.lengths.tolist() == [budget] * len(PROMPTS)
     assert rollout.finish_reason == ["length"] * len(PROMPTS)
-    assert sampler.last_stats["decode_steps"] == budget - 1
+    assert rollout.stats.decode_steps == budget - 1
+
+
+# ------------------------------------------------------------------------------------ padding and bad ids
+
+
+@pytest.mark.parametrize("poison", [np.nan, np.inf], ids=["nan", "inf"])
+def test_padding_cannot_reach_real_rows_even_if_its_embedding_is_not_finite(untied, poison):
+    sampler, params, model = untied  # pads with id 0
+    clean = sampler.generate(params, PROMPTS[:3])  # lengths 5, 12, 1: left-padded to 16 (and a filler row)
+    assert 0 not in sum(PROMPTS[:3], []) and 0 not in clean.tokens, "test setup: id 0 must occur as padding only"
+    bad = nnx.clone(model)
+    table = bad.embed_tokens[...]
+    bad.embed_tokens[...] = jax.device_put(table.at[0].set(poison), table.sharding)  # the pad id's row
+    poisoned = sampler.generate(nnx.state(bad), PROMPTS[:3])
+    assert poisoned.stats.programs_compiled == 0  # the same programs, only the weights differ
+    np.testing.assert_array_equal(poisoned.tokens, clean.tokens)
+    np.testing.assert_array_equal(poisoned.model_logprobs, clean.model_logprobs)
+    # The uncached forward pass (training, scoring) as well: left padding with id 0, real tokens never 0.
+    ids, valid = tokens_and_mask()
+    ids = np.where(valid, np.maximum(ids, 1), 0)
+    want, got = np.asarray(forward(model, ids, valid)), np.asarray(forward(bad, ids, valid))
+    assert np.isfinite(got[valid]).all()
+    np.testing.assert_array_equal(got[valid], want[valid])
+
+
+def test_ids_outside_the_vocabulary_and_overlong_prompts_are_refused(untied):
+    _, params, model = untied
+    V, P = model.config.vocab_size, model.config.max_position_embeddings
+    for bad in (dict(stop_token_ids=(3, V)), dict(pad_token_id=-1)):
+        name, value = ("stop token", V) if "stop_token_ids" in bad else ("pad token", -1)
+        message = rf"^{name} id {value} is outside the model's vocabulary \(vocab_size {V}\)$"
+        with pytest.raises(ValueError, match=message):
+            make_sampler(model, one_device_mesh(), SamplerConfig(NEW, **bad), sharding.SAMPLE_RULES)
+    sampler, _ = make_sampler(model, one_device_mesh(), SamplerConfig(NEW, stop_token_ids=()), sharding.SAMPLE_RULES)
+    cases = [([[5], [7, V + 5]], rf"^prompt 1: token id {V + 5} is outside the model's vocabulary \(vocab_size {V}\)$"),
+             ([[1] * (P - NEW + 1)], rf"^prompt 0: {P - NEW + 1} tokens \+ max_new_tokens {NEW} exceed the model's "
+                                     rf"max_position_embeddings \({P}\)$"),
+             ([[1], []], "^prompt 1: needs at least one token$"), ([], "^no prompts$")]
+    for prompts, message in cases:
+        with pytest.raises(ValueError, match=message):
+            sampler.generate(params, prompts)
+    assert sampler.traces == 0  # refused before anything was compiled
+    check_prompts(model.config, sampler.cfg, [[1] * (P - NEW)])  # the longest prompt that fits
 
 
 # ---------------------------------------------------------------------------------------- seeds and groups
@@ -270,9 +314,11 @@ def test_no_recompile_within_a_bucket_and_none_for_new_weights(models):
     model = models[False][2]
     sampler, params = make_sampler(model, one_device_mesh(), SamplerConfig(max_new_tokens=4, stop_token_ids=()),
                                    SAMPLE_RULES)
-    sampler.generate(params, [[1, 2, 3], [4] * 9, [5] * 16])  # batch 3 -> 4, length 16 -> 16
-    assert sampler.traces == 2  # one prefill and one decode program
+    stats = sampler.generate(params, [[1, 2, 3], [4] * 9, [5] * 16]).stats  # batch 3 -> 4, length 16 -> 16
+    assert sampler.traces == 2 and stats.programs_compiled == 2  # one prefill and one decode program
+    assert stats.compile_seconds > 0 and stats.prefill_seconds > 0 and stats.decode_seconds > 0
     first = sampler.generate(params, [[1] * 2, [2] * 15, [3] * 7, [4] * 11])  # batch 4, lengths <= 16
+    assert first.stats.programs_compiled == 0 and first.stats.compile_seconds == 0
     sampler.generate(params, [[9]])  # batch 1 -> 1: a new batch bucket
     assert sampler.traces == 4
     sampler.generate(params, [[9, 8]])
@@ -344,8 +390,8 @@ def test_sharded_greedy_equals_one_device(models):
     prompts = PROMPTS + PROMPTS[:2]  # 6 rows -> a batch of 8, two rows per (data, fsdp) shard
     np.testing.assert_array_equal(s8.generate(p8, prompts).tokens, s1.generate(p1, prompts).tokens)
 
-    state, rows = s8.run(p8, prompts)
-    assert rows == 6 and state.tokens_BN.shape[0] == 8
+    state, stats = s8.run(p8, prompts)
+    assert state.tokens_BN.shape[0] == 8 and stats.decode_steps == NEW - 1
     k = state.cache.layers[0].k_BKHS
     B, K, H, S = k.shape
     assert k.sharding.shard_shape(k.shape) == (B // 4, K // 2, H, S)  # rows over data x fsdp, kv heads over tensor
@@ -388,7 +434,8 @@ def test_cli_greedy_equals_transformers(cli_model):
     assert set(row) == FIELDS
     assert row["token_ids"] == hf_greedy(hf, prompt, 8)
     assert row["finish_reason"] == "length" and len(row["logprobs"]) == 8 and isinstance(row["text"], str)
-    assert re.search(r"generated 8 tokens in [\d.]+ s \([\d.]+ tokens/s", proc.stderr)
+    assert re.search(r"generated 8 tokens in [\d.]+ s \([\d.]+ tokens/s\), plus [\d.]+ s compiling 2 programs",
+                     proc.stderr), proc.stderr
 
 
 def test_cli_prompts_file_with_samples(cli_model, tmp_path):
@@ -414,9 +461,23 @@ def test_cli_prompts_file_with_samples(cli_model, tmp_path):
     (["--prompt-ids", "1,x"], "--prompt-ids: expected comma-separated integers"),
     (["--prompt-ids", "1", "--max-new-tokens", "0"], "--max-new-tokens and --num-samples must be at least 1"),
     (["--prompt-ids", "1", "--temperature", "-1"], "temperature must be > 0"),
-], ids=["bad_ids", "zero_budget", "negative_temperature"])
+    (["--prompt-ids", "5,151936"], "prompt 0: token id 151936 is outside the model's vocabulary (vocab_size 151936)"),
+    (["--prompt-ids", "5", "--stop-ids", "7,200000"], "stop token id 200000 is outside the model's vocabulary"),
+], ids=["bad_ids", "zero_budget", "negative_temperature", "prompt_id_past_vocab", "stop_id_past_vocab"])
 def test_cli_bad_input_exits_2_with_one_line(cli_model, args, message):
     proc = _cli("--model", cli_model[1], *args)
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+
+
+def test_cli_refuses_a_tokenizer_larger_than_the_model(tmp_path):
+    # The case: a 300-token model beside the Qwen2.5 tokenizer, whose pad id 151643 used to embed as NaN.
+    save_hf_model(tmp_path, vocab_size=300)
+    for f in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copyfile(BUNDLED_QWEN25 / f, tmp_path / f)
+    proc = _cli("--model", tmp_path, "--prompt-ids", "5,17,42,7")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"algoforge generate: error: {tmp_path}: the tokenizer has 151665 tokens, more than the model's "
+        "vocab_size 300; the tokenizer is not this model's"]

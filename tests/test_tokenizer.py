@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from algoforge_jax.tokenizer import BUNDLED_QWEN25, load_tokenizer, stop_token_ids
+from algoforge_jax.errors import UserError
+from algoforge_jax.tokenizer import BUNDLED_QWEN25, encode, load_tokenizer, pad_token_id, stop_token_ids
 
 VECTORS = Path(__file__).parent / "fixtures" / "qwen2-tokenizer-vectors"
 
@@ -30,3 +31,23 @@ def test_special_tokens_and_chat_template(tok):
     assert text.startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")
     assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     assert stop_token_ids(tok, 151645) == (151645, 151643)
+
+
+def test_encode_text_and_chat(tok):
+    assert encode(tok, "def f(x):") == [750, 282, 2075, 1648] == tok.encode("def f(x):")
+    chat = encode(tok, "hi", chat=True)
+    assert chat == encode(tok, [{"role": "user", "content": "hi"}])
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert chat == tok.encode(text, add_special_tokens=False)
+    assert chat[-3:] == tok.convert_tokens_to_ids(["<|im_start|>", "assistant", "Ċ"])  # the assistant's turn, opened
+
+
+def test_pad_id_prefers_the_model_then_the_tokenizer(tok):
+    assert pad_token_id(tok, 7) == 7 and pad_token_id(tok, 0) == 0
+    assert pad_token_id(tok) == 151643 and pad_token_id(None) == 0
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused_when_loaded():
+    assert len(load_tokenizer(BUNDLED_QWEN25, vocab_size=151936)) == 151665  # Qwen2.5's padded table: fine
+    with pytest.raises(UserError, match=r"the tokenizer has 151665 tokens, more than the model's vocab_size 151664"):
+        load_tokenizer(BUNDLED_QWEN25, vocab_size=151664)

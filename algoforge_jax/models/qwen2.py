@@ -388,7 +388,11 @@ class Qwen2ForCausalLM(nnx.Module):
         """Final-norm hidden states; callers that only need some positions' logits project those alone."""
         valid_BT = jnp.ones(tokens_BT.shape, bool) if valid_BT is None else valid_BT.astype(bool)
         positions_BT, mask_BTS, cache = _positions_and_mask(valid_BT, cache)
-        x_BTD = jnp.take(self.embed_tokens[...], tokens_BT, axis=0).astype(self.config.compute_dtype)
+        # Padding must not reach a real token, whatever id it holds: an out-of-range id is clipped (jnp.take would
+        # fill its row with NaN) and padded positions start from zeros, so their keys and values stay finite even
+        # if the pad token's own embedding is not (attention weighs them by 0, and 0 x NaN is NaN).
+        x_BTD = jnp.take(self.embed_tokens[...], tokens_BT, axis=0, mode="clip").astype(self.config.compute_dtype)
+        x_BTD = jnp.where(valid_BT[..., None], x_BTD, 0)
         end = None if cache is None else cache.end
         new_layers = []
         for i, layer in enumerate(self.layers):
