@@ -114,12 +114,9 @@ class Config:
             raise UserError(f"unknown agent {name!r}; valid: {', '.join(AGENTS)}")
         return getattr(self, name)
 
-    def __post_init__(self):
-        _validate(self)
 
-
-def _validate(cfg: Config) -> None:
-    """Cross-field checks, each a one-line error naming the field."""
+def validate(cfg: Config) -> Config:
+    """Checks across fields, each a one-line error naming the field; run once the overrides are all applied."""
     if cfg.model.preset and cfg.model.preset.lower() not in PRESETS:
         raise UserError(f"config model.preset: unknown {cfg.model.preset!r}; known: {', '.join(sorted(PRESETS))}")
     positive = {"train.steps": cfg.train.steps, "train.grad_accum": cfg.train.grad_accum,
@@ -132,11 +129,14 @@ def _validate(cfg: Config) -> None:
     if cfg.data.batch_size % cfg.train.grad_accum:
         raise UserError(f"config data.batch_size ({cfg.data.batch_size}) must be a multiple of train.grad_accum "
                         f"({cfg.train.grad_accum})")
-    if not 0 <= cfg.train.warmup_steps <= cfg.train.steps:
-        raise UserError(f"config train.warmup_steps: must be in [0, train.steps={cfg.train.steps}], "
-                        f"got {cfg.train.warmup_steps}")
+    mesh = dataclasses.asdict(cfg.mesh)
+    if list(mesh.values()).count(-1) > 1 or any(v == 0 or v < -1 for v in mesh.values()):
+        raise UserError(f"config mesh: sizes must be positive with at most one -1 (all remaining devices), got {mesh}")
+    if cfg.train.warmup_steps < 0:
+        raise UserError(f"config train.warmup_steps: must be >= 0, got {cfg.train.warmup_steps}")
     if cfg.train.learning_rate <= 0:
         raise UserError(f"config train.learning_rate: must be > 0, got {cfg.train.learning_rate}")
+    return cfg
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -150,7 +150,7 @@ def load(path, arg: str | None = None, overrides: typing.Sequence[str] = ()) -> 
         if not sep:
             raise UserError(f"--set {item!r}: expected key=value")
         cfg = override(cfg, key.strip(), value.strip())
-    return cfg
+    return validate(cfg)
 
 
 def _call_get_config(path: Path, arg: str | None) -> Config:
@@ -172,22 +172,26 @@ def _call_get_config(path: Path, arg: str | None) -> Config:
 
 def override(cfg, key: str, value: str):
     """A copy of `cfg` with the dotted `key` set to `value` (a string, coerced to the field's type)."""
-    head, _, rest = key.partition(".")
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    return _override(cfg, key.split("."), value, key)
+
+
+def _override(node, parts: list[str], value: str, key: str, prefix: str = ""):
+    head, rest = parts[0], parts[1:]
+    fields = [f.name for f in dataclasses.fields(node)]
     if head not in fields:
-        raise UserError(f"--set {key}: unknown key {head!r}; valid: {', '.join(fields)}")
-    current = getattr(cfg, head)
+        raise UserError(f"--set {key}: unknown key {prefix + head!r}; valid: {', '.join(prefix + f for f in fields)}")
+    current = getattr(node, head)
     if dataclasses.is_dataclass(current):
         if not rest:
-            raise UserError(f"--set {key}: {head!r} is a group; set one of its fields: "
-                            f"{', '.join(f'{head}.{f.name}' for f in dataclasses.fields(current))}")
-        new = override(current, rest, value)
+            names = ", ".join(f"{prefix}{head}.{f.name}" for f in dataclasses.fields(current))
+            raise UserError(f"--set {key}: {prefix + head!r} is a group; set one of its fields: {names}")
+        new = _override(current, rest, value, key, f"{prefix}{head}.")
     elif rest:
-        raise UserError(f"--set {key}: {head!r} is a value, not a group")
+        raise UserError(f"--set {key}: {prefix + head!r} is a value, not a group")
     else:
-        new = _coerce(value, typing.get_type_hints(type(cfg))[head], key)
+        new = _coerce(value, typing.get_type_hints(type(node))[head], key)
     try:
-        return dataclasses.replace(cfg, **{head: new})
+        return dataclasses.replace(node, **{head: new})
     except ValueError as e:  # a nested dataclass's own validation (e.g. MeshConfig)
         raise UserError(f"--set {key}={value}: {e}") from None
 

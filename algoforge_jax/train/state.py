@@ -29,10 +29,11 @@ class TrainState:
 
 
 def learning_rate(cfg: TrainConfig) -> optax.Schedule:
-    """Linear warmup from 0 to the peak, then cosine decay to `end_lr_ratio` of it at the last step."""
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
-        decay_steps=max(cfg.steps, cfg.warmup_steps + 1), end_value=cfg.learning_rate * cfg.end_lr_ratio)
+    """Linear warmup from 0 to the peak, then cosine decay to `end_lr_ratio` of it at the last step. A run shorter
+    than its warmup (`--set train.steps=3` for a smoke test) warms up over all but its last step."""
+    warmup = min(cfg.warmup_steps, cfg.steps - 1)
+    return optax.warmup_cosine_decay_schedule(init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=warmup,
+                                              decay_steps=cfg.steps, end_value=cfg.learning_rate * cfg.end_lr_ratio)
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
