@@ -35,7 +35,8 @@ def _micro_batches(batch: dict, n: int, mesh: Mesh, rules) -> dict:
     def split(x_BT):
         B, T = x_BT.shape
         x_AnT = x_BT.reshape(B // n, n, T).swapaxes(0, 1)
-        return jax.lax.with_sharding_constraint(x_AnT, sharding.named_sharding((None, "batch", None), rules, mesh))
+        target = sharding.named_sharding((None, "batch", None), rules, mesh, x_AnT.shape)
+        return jax.lax.with_sharding_constraint(x_AnT, target)
     return {k: split(batch[k]) for k in BATCH_KEYS}
 
 
@@ -65,8 +66,8 @@ def train_step(graphdef, tx: optax.GradientTransformation, schedule, state: Trai
     grads = jax.tree.map(lambda g: g / denom, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss_sum / denom, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step),
-               "tokens": count}
+    metrics = {"loss": loss_sum / denom, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step),
+               "loss_tokens": count}
     return TrainState(state.step + 1, params, opt_state, state.rng), metrics
 
 
