@@ -264,3 +264,24 @@ def test_contract_adapter_renames_the_mask_and_keeps_the_source_position():
     assert first["tokens"].dtype == np.int32 and batches.get_state() == {"i": 1}
     batches.set_state({"i": 4})
     assert next(batches)["tokens"].tolist() == [[25, 30, 35, 0]]
+
+
+def test_flops_per_token_counts_matmul_weights_and_causal_attention():
+    import transformers
+    from hf_tiny import hf_config
+
+    from algoforge_jax.models.qwen2 import Qwen2Config
+    from algoforge_jax.train.metrics import flops_per_token
+
+    for tied in (False, True):
+        hf_cfg = hf_config(tie_word_embeddings=tied)
+        hf = transformers.Qwen2ForCausalLM(hf_cfg)
+        # Every weight a token is multiplied by: all but biases, norms and the (untied) input table.
+        matmul = sum(p.numel() for n, p in hf.named_parameters() if p.ndim == 2 and "embed_tokens" not in n)
+        matmul += hf_cfg.vocab_size * hf_cfg.hidden_size if tied else 0
+        biases_and_norms = sum(p.numel() for p in hf.parameters() if p.ndim == 1)
+        T = 128
+        attention = 6 * hf_cfg.num_hidden_layers * hf_cfg.hidden_size * T  # N x H = hidden size for Qwen2
+        cfg = Qwen2Config.from_hf_config(hf_cfg.to_dict())
+        # MaxText counts every parameter but the input table: biases and norms ride along (a rounding error).
+        assert flops_per_token(cfg, T) == 6 * (matmul + biases_and_norms) + attention
