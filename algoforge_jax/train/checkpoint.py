@@ -1,4 +1,7 @@
-"""Training-state checkpoints: `DIR/<step>/` holding the TrainState and the data iterator's position.
+"""Training-state checkpoints: `DIR/<step>/` holding a state pytree and the data iterator's position.
+
+The state is any pytree of arrays: one `TrainState` for SFT, or e.g. `{"planner": TrainState, "coder": TrainState}`
+for a stage that trains both agents.
 
 Orbax's `CheckpointManager` keeps the last N steps and writes asynchronously: `save` returns once the arrays are
 copied to host memory, so the next (donating) train step may reuse the device buffers while files are written.
@@ -13,11 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-import jax
 import orbax.checkpoint as ocp
 
 from algoforge_jax.errors import UserError
-from algoforge_jax.train.state import TrainState
 
 
 class Resumable(Protocol):
@@ -27,7 +28,7 @@ class Resumable(Protocol):
 
 
 class StateCheckpoints:
-    """Save and restore (TrainState, iterator position) under one directory; a context manager that waits for
+    """Save and restore (state pytree, iterator position) under one directory; a context manager that waits for
     pending writes on exit."""
 
     def __init__(self, directory, keep: int):
@@ -37,12 +38,11 @@ class StateCheckpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, state: TrainState, data: Resumable, *, force: bool = False) -> None:
-        step = int(jax.device_get(state.step))
+    def save(self, step: int, state, data: Resumable, *, force: bool = False) -> None:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data.get_state()))
         self.manager.save(step, args=args, force=force)
 
-    def restore(self, abstract: TrainState, data: Resumable, step: int | None = None) -> TrainState:
+    def restore(self, abstract, data: Resumable, step: int | None = None):
         """The saved state at `step` (default: latest) laid out like `abstract`; `data` is moved to its position."""
         step = self.latest_step() if step is None else step
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore())

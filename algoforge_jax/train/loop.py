@@ -124,12 +124,13 @@ def _run(cfg: Config, model_cfg, trainer: Trainer, state, batches, eval_batches,
     flops = flops_per_token(model_cfg, seq_len)
     peak = peak_flops_per_device(tcfg.peak_tflops)
     first = int(state.step)
-    bar = tqdm(total=tcfg.steps, initial=first, desc="sft", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=tcfg.steps, initial=first, desc="sft", unit="step", dynamic_ncols=True,
+               disable=jax.process_index() != 0)
     mesh = trainer.mesh
     with _Preemption() as preempt, jax.set_mesh(mesh):
         for step in range(first + 1, tcfg.steps + 1):
             batch = next(batches)
-            tokens = batch["tokens"].size
+            tokens = batch["tokens"].size  # every position, padding included: what the step computes on
             started = time.perf_counter()
             state, metrics = trainer.step(state, _global(batch, mesh))
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -146,7 +147,7 @@ def _run(cfg: Config, model_cfg, trainer: Trainer, state, batches, eval_batches,
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
             if step % tcfg.checkpoint_every == 0 or step == tcfg.steps or preempt.requested:
-                ckpts.save(state, batches, force=True)
+                ckpts.save(step, state, batches, force=True)
             if preempt.requested:
                 ckpts.wait()
                 bar.close()
