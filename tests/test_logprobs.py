@@ -61,7 +61,8 @@ def test_gradient_of_chunked_equals_full(model):
 def test_equals_sampler_model_logprobs_on_a_rollout(model):
     prompts = [[5, 17, 30, 42, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [77]]
     new = 9
-    sampler, params = make_sampler(model, one_device_mesh(), SamplerConfig(max_new_tokens=new, first_segment=4))
+    sampler, params = make_sampler(model, one_device_mesh(), SamplerConfig(max_new_tokens=new, first_segment=4),
+                                   sharding.SAMPLE_RULES)
     rollout = sampler.generate(params, prompts, Sample(temperature=1.0), num_samples=2, seed=7)
     rows = [prompts[p] + rollout.row_tokens(r) for r, p in enumerate(rollout.prompt_index)]
     T = max(map(len, rows))

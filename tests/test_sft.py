@@ -86,7 +86,7 @@ def test_tiny_model_overfits_a_tiny_dataset(tmp_path):
     assert {"grad_norm", "lr", "tokens_per_s"} <= set(metrics[0])
     assert metrics[0]["lr"] == 0.0 and metrics[2]["lr"] == pytest.approx(1e-2)  # warmup, then peak
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["20", "40"]
-    model = checkpoints.load_model(tmp_path / "model", one_device_mesh())
+    model = checkpoints.load_model(tmp_path / "model", one_device_mesh(), sharding.SAMPLE_RULES)
     assert model.config.vocab_size == 64
     events = read_events(tmp_path / "tb")
     assert b"brain.Event:2" in events[0] and len(events) == 41 and b"loss" in events[1]
@@ -234,8 +234,8 @@ def test_killed_and_preempted_runs_resume_bit_identical(tmp_path):
 
     subprocess.run(_sft(tmp_path, tmp_path / "b"), check=True, **quiet)
     mesh = one_device_mesh()
-    a = checkpoints.load_model(tmp_path / "a" / "sft-coder" / "model", mesh)
-    b = checkpoints.load_model(tmp_path / "b" / "sft-coder" / "model", mesh)
+    a = checkpoints.load_model(tmp_path / "a" / "sft-coder" / "model", mesh, sharding.SAMPLE_RULES)
+    b = checkpoints.load_model(tmp_path / "b" / "sft-coder" / "model", mesh, sharding.SAMPLE_RULES)
     for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     losses = [[(m["step"], m["loss"], m["grad_norm"]) for m in read_metrics(d / "sft-coder" / "metrics.jsonl")]

@@ -5,8 +5,9 @@ The batch contract (every trainer in `train/` and `rl/` takes this):
      "loss_mask": int32 [B, T]  1 on the tokens to predict (the assistant's tokens), 0 elsewhere,
      "valid":     bool  [B, T]  False on padding; positions are counted over valid tokens only}
 `loss_mask[b, t] = 1` asks the model to predict `tokens[b, t]` from `tokens[b, :t]` (see `train/logprobs.py`).
-B and T are the same for every batch so the step compiles once. Every process yields the same *global* batch
-(the train step cuts out its own rows), so the order depends on the seed alone, not on the process count.
+B and T are the same for every batch so the step compiles once. Each process yields only its own rows, B =
+global batch / process count (`algoforge_jax/data/`'s `sft_batches` does exactly this); the loop assembles the
+global batch with `jax.make_array_from_process_local_data`.
 
 The iterator must have `get_state() -> dict` (JSON-able) and `set_state(dict)`: its position is saved in every
 checkpoint. `ContractBatches` wraps a grain iterator whose batches name the mask `assistant_mask` or lack `valid`.
@@ -21,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
+import jax
 import numpy as np
 
 from algoforge_jax.errors import UserError
@@ -77,7 +79,7 @@ def render_rows(rows: list[dict], agent: str, tokenizer: Encoder, seq_len: int) 
 
 
 class ArrayBatches(Iterator[dict]):
-    """Endless batches of `batch_size` rows of in-memory examples, each epoch in a fresh seeded order.
+    """Endless global batches of `batch_size` rows of in-memory examples, each epoch in a fresh seeded order.
 
     The state is (epoch, index of the next row in that epoch's order): enough to continue exactly.
     """
@@ -95,10 +97,14 @@ class ArrayBatches(Iterator[dict]):
         return np.random.default_rng([self.seed, self.epoch]).permutation(self.num_rows)
 
     def __next__(self) -> dict:
+        """This process's contiguous share of the next global batch, so the global batch (and the data order) is
+        the same whatever the process count."""
         if self.index + self.batch_size > self.num_rows:  # drop the ragged tail: every batch is full
             self.epoch, self.index = self.epoch + 1, 0
         rows = self._order()[self.index: self.index + self.batch_size]
         self.index += self.batch_size
+        share = self.batch_size // jax.process_count()
+        rows = rows[jax.process_index() * share: (jax.process_index() + 1) * share]
         return {k: v[rows] for k, v in self.examples.items()}
 
     def get_state(self) -> dict:

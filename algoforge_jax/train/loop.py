@@ -43,8 +43,9 @@ def build_model(cfg: Config, init: str, mesh):
 
 
 def _global(batch: dict, mesh) -> dict:
+    """The global batch from every process's rows of it (on one process: the batch itself)."""
     target = sharding.batch_sharding(mesh, sharding.TRAIN_RULES)
-    return {k: sharding.from_host(np.asarray(v), target) for k, v in batch.items()}
+    return {k: jax.make_array_from_process_local_data(target, np.asarray(v)) for k, v in batch.items()}
 
 
 class _Preemption:
