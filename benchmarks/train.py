@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=2, help="timed runs; the best is reported")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="gpu: per-device peak, TFLOP/s")
     p.add_argument("--smoke", action="store_true", help="gpu path at a tiny size (a CPU check that it builds)")
+    p.add_argument("--logprob-memory", action="store_true",
+                   help="only print the compiled memory of token_logprobs on Qwen2.5-7B, B=8, T=4096 (no run)")
     return p.parse_args(argv)
 
 
@@ -154,9 +156,33 @@ def cpu_peak_flops() -> float:
     return 2 * n**3 / best
 
 
+def logprob_memory(chunk_len: int = 256, B: int = 8, T: int = 4096) -> None:
+    """Compiles (never runs) the shared log-prob function on abstract Qwen2.5-7B fp32 weights and prints the
+    temporary memory XLA plans for it, next to the [B, T, V] fp32 logits it avoids."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from algoforge_jax.models.qwen2 import Qwen2ForCausalLM, preset
+    from algoforge_jax.train.logprobs import sequence_logprobs
+
+    cfg = preset("qwen2.5-7b", dtype="float32", param_dtype="float32")
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(0))))
+    tokens = jax.ShapeDtypeStruct((B, T), jnp.int32)
+    valid = jax.ShapeDtypeStruct((B, T), jnp.bool_)
+    fn = jax.jit(lambda p, t, v: sequence_logprobs(nnx.merge(graphdef, p), t, v, chunk_len))
+    temp = fn.lower(params, tokens, valid).compile().memory_analysis().temp_size_in_bytes
+    print(f"token_logprobs forward, qwen2.5-7b fp32, B={B} T={T} chunk {chunk_len}: {temp / 2**30:.1f} GiB temporary; "
+          f"the [B, T, V] fp32 logits alone would be {B * T * cfg.vocab_size * 4 / 2**30:.1f} GiB")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import jax
+
+    if args.logprob_memory:
+        logprob_memory()
+        return 0
 
     from algoforge_jax.models.qwen2 import parameter_count
     from algoforge_jax.train.metrics import flops_per_token

@@ -11,7 +11,8 @@ Memory contract: the [B, T, V] logits are never built. The final hidden states a
 and picks the target's logit, so the largest vocabulary-sized buffer is [B, chunk_len, V]. Each chunk is
 rematerialised (`jax.checkpoint`), so the backward pass too keeps only the hidden states, not every chunk's
 logits. For B=8, T=4096, V=152k in fp32 that is 1.2 GB of logits per chunk of 256 instead of 20 GB
-(`tests/test_logprobs.py::test_head_memory_on_7b_shapes` measures it on the compiled program).
+(`tests/test_logprobs.py::test_head_memory_on_7b_shapes` measures it on the compiled program). The model's own
+attention, which builds [B, heads, T, T] fp32 scores, is then the larger cost (see the README).
 """
 
 from __future__ import annotations
