@@ -26,7 +26,9 @@ def agent_batches(cfg: config_lib.Config, agent: str):
     """(training batch iterator, held-out batches, tokenizer directory or None) for one agent.
 
     The stand-in data source (see `train/input.py`): the agent's JSONL rows rendered with its tokenizer. The data
-    pipeline (`algoforge_jax/data/`) replaces this function's body; the loop depends only on what it returns.
+    pipeline (`algoforge_jax/data/`: `sft_batches(source, tokenizer, agent, BatchSpec(batch_size, seq_len, seed))`,
+    whose per-process batches already have this contract's keys) replaces this function's body; the loop depends
+    only on what it returns.
     """
     from algoforge_jax.train.input import ArrayBatches, load_rows, render_rows
 

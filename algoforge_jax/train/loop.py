@@ -78,7 +78,7 @@ class Trainer:
 def make_trainer(cfg: Config, model_cfg: Qwen2Config, mesh: Mesh, rules=sharding.TRAIN_RULES) -> Trainer:
     graphdef, abstract = abstract_model(model_cfg, mesh, rules)
     tx, schedule = make_optimizer(cfg.train), learning_rate(cfg.train)
-    shardings = state_shardings((graphdef, abstract), tx, mesh)
+    shardings = state_shardings(abstract, tx, mesh)
     step = make_train_step(graphdef, tx, schedule, shardings, mesh, rules, accum=cfg.train.grad_accum,
                            chunk_len=cfg.train.logprob_chunk)
     evaluate = make_eval_step(graphdef, shardings, mesh, rules, chunk_len=cfg.train.logprob_chunk)

@@ -22,6 +22,8 @@ from algoforge_jax.models.qwen2 import Qwen2ForCausalLM
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class TrainState:
+    """Everything that changes from one optimizer step to the next."""
+
     step: jax.Array  # optimizer steps taken (int32 scalar)
     params: dict  # nnx.to_pure_dict of the model's parameters
     opt_state: optax.OptState
@@ -45,10 +47,9 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw)
 
 
-def state_shardings(graphdef_and_abstract, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
-    """Where every leaf of the TrainState lives: parameters (and the Adam moments that mirror them) by the
-    rules they were abstracted with, counters and RNG replicated."""
-    _, abstract = graphdef_and_abstract
+def state_shardings(abstract: nnx.State, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+    """Where every leaf of the TrainState lives: parameters (and the Adam moments that mirror them) as in the
+    abstract model state (`models.build.abstract_model`), counters and RNG replicated."""
     param_sh = jax.tree.map(lambda x: x.sharding, nnx.to_pure_dict(abstract))
     replicated = NamedSharding(mesh, P())
     abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(abstract))
