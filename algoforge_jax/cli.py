@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("algoforge_jax.convert.cli", "convert checkpoints between Hugging Face and orbax"),
     "init-model": ("algoforge_jax.convert.cli_init", "write a randomly initialised HF-format model from a preset"),
     "score": ("eval.score", "run completions in the sandbox against a benchmark's tests"),
+    "build-data": ("algoforge_jax.build_data", "Planner/Coder datasets by rejection sampling from a teacher model"),
 }
 
 
