@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init-model": ("algoforge_jax.convert.cli_init", "write a randomly initialised HF-format model from a preset"),
     "sft": ("algoforge_jax.sft", "cold-start supervised fine-tuning of one agent (planner or coder)"),
     "score": ("eval.score", "run completions in the sandbox against a benchmark's tests"),
+    "build-data": ("algoforge_jax.build_data", "Planner/Coder datasets by rejection sampling from a teacher model"),
 }
 
 
