@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("algoforge_jax.convert.cli", "convert checkpoints between Hugging Face and orbax"),
     "init-model": ("algoforge_jax.convert.cli_init", "write a randomly initialised HF-format model from a preset"),
     "score": ("eval.score", "run completions in the sandbox against a benchmark's tests"),
+    "eval": ("algoforge_jax.evaluate", "generate with the agents (direct, cot or planner-coder) and score; pass@k out"),
+    "solve": ("algoforge_jax.solve", "plan, then code, for one problem given as text; with --tests, its verdicts"),
 }
 
 
