@@ -19,10 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+from algoforge_jax.data.synthetic import EVAL_BENCHMARKS as SYNTHETIC
 from algoforge_jax.errors import UserError
-from algoforge_jax.inference import DTYPES, MODES, SYNTHETIC, EvalConfig
 from algoforge_jax.jsonl import jsonl_text
 from eval.benchmarks import BENCHMARKS
+from eval.prompts import MODES
 from eval.score import judge_all, write_atomic
 
 
@@ -46,12 +47,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--problems", type=Path, help="problem file (jsonl benchmark; else overrides bundled data)")
     parser.add_argument("--split", help="benchmark split (mbpp: test (default), train, validation, prompt, all)")
     parser.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: the one stored with the models)")
-    parser.add_argument("--dtype", choices=DTYPES, help="compute dtype (default float32)")
+    parser.add_argument("--dtype", help="compute dtype: float32 (default) or bfloat16")
     parser.add_argument("--workers", type=int, help="sandbox worker processes (default: CPU count)")
 
 
-def config_from_file(path: Path) -> EvalConfig:
+def config_from_file(path: Path):
     """The EvalConfig of a config file: `get_config()` itself, or its `.eval` field."""
+    from algoforge_jax.inference import EvalConfig  # imports JAX: not at the top, so `--help` is quick
+
     if not path.is_file():
         raise UserError(f"--config {path}: no such file")
     spec = importlib.util.spec_from_file_location(f"algoforge_config_{path.stem}", path)
@@ -67,8 +70,10 @@ def config_from_file(path: Path) -> EvalConfig:
     return found
 
 
-def eval_config(args: argparse.Namespace) -> EvalConfig:
+def eval_config(args: argparse.Namespace):
     """The config file's EvalConfig (or the defaults) with the flags given on top; a bad value is one line."""
+    from algoforge_jax.inference import EvalConfig
+
     cfg = config_from_file(args.config) if args.config else EvalConfig()
     fields = {k: getattr(args, k) for k in ("mode", "n", "seed", "dtype", "workers") if getattr(args, k) is not None}
     if args.compact:
@@ -86,7 +91,7 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
         raise UserError(str(e)) from None
 
 
-def model_paths(args: argparse.Namespace, cfg: EvalConfig) -> dict[str, Path]:
+def model_paths(args: argparse.Namespace, cfg) -> dict[str, Path]:
     """agent -> model directory for the agents of the mode: the flag, else the workdir's model."""
     from algoforge_jax.inference import default_model
 
@@ -102,7 +107,7 @@ def model_paths(args: argparse.Namespace, cfg: EvalConfig) -> dict[str, Path]:
     return paths
 
 
-def output_dir(args: argparse.Namespace, cfg: EvalConfig) -> Path:
+def output_dir(args: argparse.Namespace, cfg) -> Path:
     if args.out is not None:
         return args.out
     if cfg.workdir is None:
@@ -151,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def judge_and_summarize(solutions, chat, out: Path, cfg: EvalConfig) -> dict:
+def judge_and_summarize(solutions, chat, out: Path, cfg) -> dict:
     """Writes samples.jsonl, judges the programs into results.jsonl (eval/score.py's judge_all) and returns
     eval/metrics.py's summary of them, with pass@k for every k <= n."""
     from eval.judging import Sample

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from algoforge_jax.data.synthetic import EVAL_BENCHMARKS
 from algoforge_jax.errors import UserError
 from algoforge_jax.rl.rollout import Chat, Decoding, Policy, Samples, agent_seed, plan_and_code, sample_groups
 from eval import prompts
@@ -29,8 +30,7 @@ from eval.problems import Problem
 
 MODES = prompts.MODES
 CODER_MESSAGES = {"direct": prompts.direct_messages, "cot": prompts.cot_messages}  # the Coder-only modes
-# The embedded default's splits, as build_embedded writes them under WORKDIR/data.
-SYNTHETIC = {"synthetic-heldout": "heldout", "synthetic-train": "train"}
+SYNTHETIC = EVAL_BENCHMARKS  # the embedded default's splits, as build_embedded writes them under WORKDIR/data
 DTYPES = ("float32", "bfloat16")
 
 

@@ -17,8 +17,6 @@ import sys
 from pathlib import Path
 
 from algoforge_jax.errors import UserError
-from algoforge_jax.inference import DTYPES, EvalConfig
-from algoforge_jax.rl.rollout import Decoding
 from eval.benchmarks import generic_test, load_benchmark
 from eval.problems import Judgement, Problem
 from eval.records import Record
@@ -32,13 +30,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--entry-point", help="the function the program must define (shown to the agents)")
     parser.add_argument("--temperature", type=float, default=0.0, help="both agents' temperature (0 = greedy)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--planner-max-new-tokens", type=int, default=EvalConfig.planner.max_new_tokens,
-                        help="the Planner's response budget")
-    parser.add_argument("--coder-max-new-tokens", type=int, default=EvalConfig.coder.max_new_tokens,
-                        help="the Coder's response budget")
+    parser.add_argument("--planner-max-new-tokens", type=int, help="the Planner's response budget (default 256)")
+    parser.add_argument("--coder-max-new-tokens", type=int, help="the Coder's response budget (default 512)")
     parser.add_argument("--compact", action="store_true", help="the embedded default's short prompts")
     parser.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: the one stored with the models)")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype")
+    parser.add_argument("--dtype", default="float32", help="compute dtype: float32 (default) or bfloat16")
 
 
 def read_problem(text: str, tests: Path | None, entry_point: str | None) -> Problem:
@@ -89,10 +85,15 @@ def main(args: argparse.Namespace) -> int:
     for agent in ("planner", "coder"):
         if not getattr(args, agent).exists():
             raise UserError(f"--{agent} {getattr(args, agent)}: no such model directory")
+    from algoforge_jax.inference import EvalConfig  # imports JAX: not at the top, so `--help` is quick
+
     try:
-        cfg = EvalConfig(mode="planner-coder", n=1, seed=args.seed, compact_prompts=args.compact, dtype=args.dtype,
-                         planner=Decoding(args.planner_max_new_tokens, args.temperature),
-                         coder=Decoding(args.coder_max_new_tokens, args.temperature))
+        base = EvalConfig()
+        decoding = {agent: dataclasses.replace(getattr(base, agent), temperature=args.temperature, **(
+            {} if budget is None else {"max_new_tokens": budget}))
+            for agent, budget in (("planner", args.planner_max_new_tokens), ("coder", args.coder_max_new_tokens))}
+        cfg = dataclasses.replace(base, mode="planner-coder", n=1, seed=args.seed, compact_prompts=args.compact,
+                                  dtype=args.dtype, **decoding)
     except ValueError as e:
         raise UserError(str(e)) from None
     from algoforge_jax import sharding

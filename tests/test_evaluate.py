@@ -135,6 +135,7 @@ def test_synthetic_heldout_reads_the_workdir(setup, capsys, tmp_path):
     (["--mode", "direct", "--n", "2"], "give the coder a temperature > 0"),
     (["--coder-max-new-tokens", "0"], "max_new_tokens must be an integer >= 1"),
     (["--limit", "0"], "--limit: expected a positive integer, got 0"),
+    (["--dtype", "float16"], "EvalConfig.dtype must be one of float32, bfloat16, got 'float16'"),
     (["--mode", "direct", "--coder", "/nonexistent"], "--coder /nonexistent: no such model directory"),
     (["--mode", "direct"], "mode direct needs --coder (or --workdir holding its model)"),
     (["--benchmark", "synthetic-heldout"], "give --workdir (or --problems)"),
@@ -162,3 +163,15 @@ def test_config_file_sets_the_defaults_and_flags_override(tmp_path):
     cfg = eval_config(parser.parse_args(["eval", "--benchmark", "mbpp", "--config", str(config),
                                          "--temperature", "0.2", "--coder-max-new-tokens", "32"]))
     assert cfg.coder == Decoding(32, 0.2) and cfg.planner.temperature == 0.2
+
+
+def test_agents_must_share_one_tokenizer(tmp_path):
+    """A plan travels as text, but one Chat renders both agents' prompts: two different tokenizers are an error."""
+    from algoforge_jax.errors import UserError
+    from algoforge_jax.inference import open_shared_tokenizer
+    from algoforge_jax.tokenizer import BUNDLED_QWEN25, train_sentencepiece
+
+    train_sentencepiece([f"def f{i}(x):\n    return x + {i}\n" for i in range(50)], tmp_path / "sp", vocab_size=300)
+    assert open_shared_tokenizer({"planner": BUNDLED_QWEN25, "coder": BUNDLED_QWEN25}).vocab_size == 151665
+    with pytest.raises(UserError, match="its tokenizer differs from"):
+        open_shared_tokenizer({"planner": BUNDLED_QWEN25, "coder": tmp_path / "sp"})

@@ -25,12 +25,11 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("solve")
     tests = tmp / "tests.json"
     tests.write_text(json.dumps(ADD["tests"]))
-    return tmp, save_agents(tmp / "models"), tests
+    return tmp, save_agents(tmp / "models", agents=("coder",))["coder"], tests
 
 
 def test_solve_prints_plan_program_and_verdicts(setup, capsys):
-    _, models, tests = setup
-    model = models["coder"]  # one model as both agents: loaded once, which keeps this test short
+    _, model, tests = setup  # one model as both agents: loaded once, which keeps this test short
     rc = cli.main(["solve", "--planner", model, "--coder", model, TEXT, "--entry-point", "add",
                    "--tests", str(tests), "--planner-max-new-tokens", "8", "--coder-max-new-tokens", "8"])
     out, err = capsys.readouterr()
@@ -38,7 +37,8 @@ def test_solve_prints_plan_program_and_verdicts(setup, capsys):
     # Greedy decoding: the library gives the same plan and program for the same problem.
     problem = read_problem(TEXT, tests, "add")
     cfg = EvalConfig(planner=Decoding(8, 0.0), coder=Decoding(8, 0.0))
-    (solution,), _ = generate_solutions([problem], load_agents({"planner": model, "coder": model}, cfg, sharding.make_mesh()), cfg)
+    agents = load_agents({"planner": model, "coder": model}, cfg, sharding.make_mesh())
+    (solution,), _ = generate_solutions([problem], agents, cfg)
     plan_part, rest = out.split("\n\n== program ==\n")
     program_part, verdict_part = rest.split("\n\n== verdicts ==\n")
     assert plan_part == f"== plan ==\n{solution.plan}"
@@ -84,8 +84,8 @@ def test_tests_file_is_a_test_list_or_one_problem(tmp_path):
     (["x", "--temperature", "-1"], "temperature must be >= 0"),
 ])
 def test_bad_input_fails_with_one_line(setup, capsys, argv, message):
-    _, models, _ = setup
-    rc = cli.main(["solve", "--planner", models["planner"], "--coder", models["coder"], *argv])
+    _, model, _ = setup
+    rc = cli.main(["solve", "--planner", model, "--coder", model, *argv])
     out, err = capsys.readouterr()
     assert rc == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err, err

@@ -20,11 +20,11 @@ PROBLEMS = [
 RIGHT = {"add": "def add(a, b):\n    return a + b", "rev": "def rev(s):\n    return s[::-1]"}
 
 
-def save_agents(out_dir) -> dict[str, str]:
-    """{"planner": path, "coder": path}: two different random tiny models (seeds 0 and 1)."""
+def save_agents(out_dir, agents=("planner", "coder")) -> dict[str, str]:
+    """{agent: path}: different random tiny models (seeds 0, 1, ...)."""
     mesh = one_device_mesh()
     paths = {}
-    for seed, agent in enumerate(("planner", "coder")):
+    for seed, agent in enumerate(agents):
         model = init_model(PRESETS["tiny"], mesh, sharding.SAMPLE_RULES, seed=seed)
         paths[agent] = str(checkpoints.save_model(out_dir / agent, model, tokenizer_dir=BUNDLED_QWEN25))
     return paths
