@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from algoforge_jax import cli
+from algoforge_jax import cli, sharding
 from algoforge_jax.data import synthetic
 from algoforge_jax.inference import EvalConfig, benchmark_problems, generate_solutions, load_agents, make_chat
 from algoforge_jax.rl.rollout import Decoding
@@ -52,13 +52,22 @@ def chat(setup):
     return make_chat(open_tokenizer(setup[1]["coder"]))
 
 
+def spy_on_sampler(monkeypatch) -> list:
+    """Records (prompts, samples per prompt) of every sampler call; the real sampler still runs."""
+    calls, generate = [], Sampler.generate
+
+    def recorded(self, params, prompts_, method, num_samples=1, seed=0):
+        calls.append((list(prompts_), num_samples))
+        return generate(self, params, prompts_, method, num_samples, seed)
+
+    monkeypatch.setattr(Sampler, "generate", recorded)
+    return calls
+
+
 @pytest.mark.parametrize("mode", ["direct", "cot", "planner-coder"])
 def test_each_mode_writes_consistent_files(setup, chat, capsys, monkeypatch, mode):
     tmp, models, problems_file = setup
-    calls = []
-    generate = Sampler.generate
-    monkeypatch.setattr(Sampler, "generate", lambda self, params, prompts_, method, num_samples=1, seed=0: (
-        calls.append((len(prompts_), num_samples)), generate(self, params, prompts_, method, num_samples, seed))[1])
+    calls = spy_on_sampler(monkeypatch)
     out = tmp / mode
     rc, stdout, err = run_eval(
         capsys, "--benchmark", "jsonl", "--problems", problems_file, "--mode", mode, "--n", "2",
@@ -66,7 +75,7 @@ def test_each_mode_writes_consistent_files(setup, chat, capsys, monkeypatch, mod
         "--planner-max-new-tokens", N_TOKENS, "--coder-max-new-tokens", N_TOKENS, "--workers", "2")
     assert rc == 0, err
     # One sampler call per agent: all problems x n samples, or in planner-coder 2 plans each, then one program each.
-    assert calls == ([(3, 2), (6, 1)] if mode == "planner-coder" else [(3, 2)])
+    assert [(len(prompts_), n) for prompts_, n in calls] == ([(3, 2), (6, 1)] if mode == "planner-coder" else [(3, 2)])
     samples, results = lines(out / "samples.jsonl"), lines(out / "results.jsonl")
     keys = [(p["task_id"], i) for p in PROBLEMS for i in range(2)]
     assert [(s["task_id"], s["sample_index"]) for s in samples] == keys
@@ -82,6 +91,9 @@ def test_each_mode_writes_consistent_files(setup, chat, capsys, monkeypatch, mod
     for s in samples:  # each sample was generated from its mode's prompt, holding its own plan
         assert (s["plan"] is None) == (mode != "planner-coder")
         assert s["prompt"] == expected_prompt(chat, mode, problems[s["task_id"]], s["plan"])
+    if mode == "planner-coder":  # and the Planner was asked with the Planner's prompt
+        assert [chat.text(ids) for ids in calls[0][0]] == [chat.text(chat.prompt_ids(prompts.planner_messages(p)))
+                                                           for p in problems.values()]
     # `algoforge score` reads the samples file eval wrote and finds the same verdicts
     rc = cli.main(["score", "--benchmark", "jsonl", "--problems", problems_file, "--samples",
                    str(out / "samples.jsonl"), "--out", str(tmp / f"{mode}-rescored.jsonl"), "--workers", "2"])
@@ -110,6 +122,21 @@ def test_planner_coder_pairs_each_program_with_its_own_plan(setup):
         ids = again.row_tokens(r)
         ids = ids[:-1] if again.finish_reason[r] == "eos" else ids
         assert chat.text(ids) == s.completion
+
+
+def test_problems_per_call_splits_generation_in_order(setup, monkeypatch):
+    _, models, problems_file = setup
+    problems = load_benchmark("jsonl", problems_file)
+    cfg = EvalConfig(mode="direct", n=2, coder=Decoding(8, temperature=1.0), problems_per_call=2)
+    # All devices: both chunks pad to the mesh's batch multiple, one compiled program (the CLI tests' own)
+    agents = load_agents({"coder": models["coder"]}, cfg, sharding.make_mesh())
+    calls = spy_on_sampler(monkeypatch)
+    solutions, seconds = generate_solutions(problems, agents, cfg)
+    assert [(len(prompts_), n) for prompts_, n in calls] == [(2, 2), (1, 2)]
+    assert [(s.problem.task_id, s.sample_index) for s in solutions] == [(p.task_id, i) for p in problems
+                                                                        for i in range(2)]
+    assert [s.prompt_ids for s in solutions[::2]] == [tuple(ids) for prompts_, _ in calls for ids in prompts_]
+    assert set(seconds) == {"coder/generate_seconds"}
 
 
 def test_synthetic_heldout_reads_the_workdir(setup, capsys, tmp_path):
