@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("algoforge_jax.sft", "cold-start supervised fine-tuning of one agent (planner or coder)"),
     "score": ("eval.score", "run completions in the sandbox against a benchmark's tests"),
     "build-data": ("algoforge_jax.build_data", "Planner/Coder datasets by rejection sampling from a teacher model"),
+    "eval": ("algoforge_jax.evaluate", "generate with the agents (direct, cot or planner-coder) and score; pass@k out"),
+    "solve": ("algoforge_jax.solve", "plan, then code, for one problem given as text; with --tests, its verdicts"),
 }
 
 

@@ -181,7 +181,7 @@ def load_humaneval(path: pathlib.Path, split: str) -> list[Problem]:
 _TEST_FIELDS = {"assert": ("code",), "call": ("fn_name", "args", "expected"), "stdio": ("input", "output")}
 
 
-def _generic_test(rec: Record, i: int, raw: Any) -> Test:
+def generic_test(rec: Record, i: int, raw: Any) -> Test:
     field = f"tests[{i}]"
     if not isinstance(raw, dict):
         raise rec.error(field, f"expected an object, got {type(raw).__name__}")
@@ -213,7 +213,7 @@ def load_jsonl(path: pathlib.Path, split: str) -> list[Problem]:
         raw_tests = rec.get("tests", list)
         problems.append(make_problem(
             rec, task_id=str(rec.get("task_id", (str, int))), prompt=rec.get("prompt", str),
-            tests=tuple(_generic_test(rec, i, t) for i, t in enumerate(raw_tests)),
+            tests=tuple(generic_test(rec, i, t) for i, t in enumerate(raw_tests)),
             entry_point=rec.get("entry_point", (str, type(None)), None), setup_code=rec.get("setup_code", str, ""),
             time_limit_s=float(_positive(rec, "time_limit_s", (int, float), 2.0)),
             memory_limit_mb=_positive(rec, "memory_limit_mb", int, 512),

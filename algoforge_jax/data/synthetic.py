@@ -40,6 +40,7 @@ from eval.score import write_atomic
 
 ENTRY_POINT = "solve"
 SPLITS = ("train", "heldout")
+EVAL_BENCHMARKS = {f"synthetic-{split}": split for split in SPLITS}  # `algoforge eval --benchmark` names
 HELDOUT_SHARE = 0.2  # share of signatures held out
 N_RANDOM_TESTS = 5
 N_SEARCH = 60  # random inputs tried to separate a mutant from the reference

@@ -31,7 +31,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 
 from algoforge_jax.rl import grpo, rewards
-from algoforge_jax.sampling import Sample, Sampler, SamplerConfig
+from algoforge_jax.sampling import Greedy, Sample, Sampler, SamplerConfig, sampling_method
 from eval import prompts
 from eval.problems import Judgement, Problem, Verdict
 from eval.score import program_for
@@ -43,25 +43,38 @@ Messages = list[dict[str, str]]
 
 
 @dataclasses.dataclass(frozen=True)
-class AgentSampling:
-    """How one agent samples. `max_new_tokens` must equal its sampler's (it is the padded response length T)."""
+class Decoding:
+    """How one agent generates: a response budget and a sampling method (temperature 0: greedy, evaluation's
+    default). `max_new_tokens` must equal its sampler's (it is the padded response length T)."""
 
     max_new_tokens: int = 256  # response budget; responses are padded to it so the train step compiles once
-    temperature: float = 1.0  # > 0: a group of greedy samples would be one sample repeated
+    temperature: float = 1.0  # 0: greedy
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
 
     def __post_init__(self):
+        name = type(self).__name__
         if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
-            raise ValueError(f"AgentSampling.max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+            raise ValueError(f"{name}.max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if not self.temperature >= 0:
+            raise ValueError(f"{name}.temperature must be >= 0, got {self.temperature!r}")
+        self.method  # raises on a bad top_k or top_p
+
+    @property
+    def method(self) -> Greedy | Sample:
+        return sampling_method(self.temperature, self.top_k, self.top_p)
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentSampling(Decoding):
+    """How one agent samples during a rollout: `Decoding` without greedy, since a group of greedy samples would be
+    one sample repeated."""
+
+    def __post_init__(self):
+        super().__post_init__()
         if not self.temperature > 0:
             raise ValueError(f"AgentSampling.temperature must be > 0 (a group of greedy samples is one sample "
                              f"repeated), got {self.temperature!r}")
-        Sample(self.temperature, self.top_k, self.top_p)  # raises on a bad top_k or top_p
-
-    @property
-    def method(self) -> Sample:
-        return Sample(self.temperature, self.top_k, self.top_p)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,12 +197,12 @@ class Samples:
 
 
 def sample_groups(policy: Policy, prompt_ids: Sequence[list[int]], group_shape: tuple[int, ...],
-                  sampling: AgentSampling, chat: Chat, seed: int) -> tuple[Samples, float]:
+                  sampling: Decoding, chat: Chat, seed: int) -> tuple[Samples, float]:
     """(samples of group shape `group_shape`, seconds): ONE sampler call for all prompts, `group_shape[-1]` samples
     each. `prompt_ids` are row-major over `group_shape[:-1]`."""
     sampler = policy.sampler
     if sampler.cfg.max_new_tokens != sampling.max_new_tokens:
-        raise ValueError(f"the rollout config asks for max_new_tokens={sampling.max_new_tokens} but the sampler "
+        raise ValueError(f"the config asks for max_new_tokens={sampling.max_new_tokens} but the sampler "
                          f"generates {sampler.cfg.max_new_tokens}: build the sampler with the config's budget")
     start = time.perf_counter()
     out = sampler.generate(policy.params, prompt_ids, sampling.method, num_samples=group_shape[-1], seed=seed)
@@ -225,18 +238,26 @@ class Draw:
 def draw(problems: Sequence[Problem], planner: Policy, coder: Policy, chat: Chat, cfg: RolloutConfig,
          seed: int, attempt: int = 0) -> tuple[Draw, dict[str, float]]:
     """Plans from the Planner, then programs from the Coder given those plans: two sampler calls in all."""
-    P, Gp, Gc = len(problems), cfg.num_plans, cfg.num_programs
+    return plan_and_code(problems, planner, coder, chat, (cfg.num_plans, cfg.num_programs), (cfg.planner, cfg.coder),
+                         (agent_seed(seed, 0, attempt), agent_seed(seed, 1, attempt)))
+
+
+def plan_and_code(problems: Sequence[Problem], planner: Policy, coder: Policy, chat: Chat, groups: tuple[int, int],
+                  decoding: tuple[Decoding, Decoding], seeds: tuple[int, int]) -> tuple[Draw, dict[str, float]]:
+    """`groups` = (Gp, Gc): Gp plans per problem (one Planner call), then Gc programs per plan (one Coder call over
+    all P·Gp prompts); `decoding` and `seeds` are (planner's, coder's). Shared by the rollout and `algoforge eval`."""
+    (P, (Gp, Gc)), (planner_decoding, coder_decoding) = (len(problems), groups), decoding
     plans, planner_s = sample_groups(planner, [chat.prompt_ids(chat.planner_messages(p)) for p in problems],
-                                     (P, Gp), cfg.planner, chat, _seed(seed, 0, attempt))
+                                     (P, Gp), planner_decoding, chat, seeds[0])
     coder_prompts = [chat.prompt_ids(chat.coder_messages(problems[p], plans.texts[p, i])) for p, i in np.ndindex(P, Gp)]
-    code, coder_s = sample_groups(coder, coder_prompts, (P, Gp, Gc), cfg.coder, chat, _seed(seed, 1, attempt))
+    code, coder_s = sample_groups(coder, coder_prompts, (P, Gp, Gc), coder_decoding, chat, seeds[1])
     programs = [program_for(problems[p], code.texts[p, i, j]) for p, i, j in np.ndindex(P, Gp, Gc)]
     return Draw(plans, code, _objects(programs, (P, Gp, Gc))), {"planner/generate_seconds": planner_s,
                                                                 "coder/generate_seconds": coder_s}
 
 
-def _seed(seed: int, agent: int, attempt: int = 0) -> int:
-    """A distinct sampler seed per (rollout seed, agent, dynamic-sampling attempt)."""
+def agent_seed(seed: int, agent: int, attempt: int = 0) -> int:
+    """A distinct sampler seed per (run seed, agent, attempt): the rollout's dynamic-sampling tries, eval's chunks."""
     return int(np.random.SeedSequence((seed, agent, attempt)).generate_state(1)[0] & 0x7FFFFFFF)
 
 
