@@ -69,6 +69,11 @@ class RolloutShape:
     micro_batch: int  # rows per policy-gradient micro-batch (global)
     kl: bool = True  # a frozen reference per agent (GRPO's KL term)
 
+    @property
+    def train_len(self) -> int:
+        """Tokens of a policy-gradient row (prompt + response), the longer agent's."""
+        return max(self.planner_prompt + self.planner_new_tokens, self.coder_prompt + self.coder_new_tokens)
+
     def sampler_rows(self) -> dict[str, tuple[int, int]]:
         """agent -> (rows of its one sampler call, cache length)."""
         plans = self.problems * self.num_plans
@@ -127,24 +132,29 @@ def memory_budget(cfg: Config, hardware: Hardware, rollout: RolloutShape | None 
              ("persistent", f"AdamW moments x{agents}", agents * _optimizer_bytes(cfg, params))]
     if rollout is not None:
         items += _rl_items(cfg, model_cfg, mesh, params, rollout)
-    accum = cfg.train.grad_accum if rollout is None else max(1, -(-_rl_rows(rollout) // rollout.micro_batch))
-    rows, seq_len = ((cfg.data.batch_size // cfg.train.grad_accum, cfg.data.seq_len) if rollout is None else
-                     (rollout.micro_batch, max(rollout.planner_prompt + rollout.planner_new_tokens,
-                                               rollout.coder_prompt + rollout.coder_new_tokens)))
-    grads = _shard_bytes(params) * (2 if accum > 1 else 1)  # accumulation keeps a running sum beside each grad
-    per_device_rows = -(-rows // sharding.batch_shards(mesh, sharding.TRAIN_RULES))
-    items += [("train", f"gradients (one agent{', accumulated' if accum > 1 else ''})", grads),
-              ("train", f"activations ({per_device_rows} row(s) x {seq_len} tokens)",
-               per_device_rows * activation_bytes_per_row(cfg, model_cfg, seq_len))]
+    items += _train_items(cfg, model_cfg, mesh, params, rollout)
     return Budget(hardware, dict(zip(sharding.MESH_AXES, mesh.axis_sizes)), tuple(items))
 
 
-def _rl_rows(rollout: RolloutShape) -> int:
-    """Rows of the larger agent's policy-gradient batch (the coder's: one per program)."""
-    return max(rows for rows, _ in rollout.sampler_rows().values())
+def _train_items(cfg: Config, model_cfg: Qwen2Config, mesh, params, rollout: RolloutShape | None) -> list:
+    """One agent's backward pass: its gradients (twice when micro-batches are accumulated: the running sum beside
+    the micro-batch's own) and the activations of one micro-batch, whole rows on each batch shard."""
+    if rollout is None:
+        rows, seq_len, accum = cfg.data.batch_size // cfg.train.grad_accum, cfg.data.seq_len, cfg.train.grad_accum
+    else:
+        rows, seq_len = rollout.micro_batch, rollout.train_len
+        accum = -(-max(rows for rows, _ in rollout.sampler_rows().values()) // rollout.micro_batch)
+    grads = _shard_bytes(params) * (2 if accum > 1 else 1)
+    per_device = -(-rows // sharding.batch_shards(mesh, sharding.TRAIN_RULES))
+    return [("train", f"gradients (one agent{', accumulated' if accum > 1 else ''})", grads),
+            ("train", f"activations ({per_device} row(s) x {seq_len} tokens)",
+             per_device * activation_bytes_per_row(cfg, model_cfg, seq_len))]
 
 
 def _rl_items(cfg: Config, model_cfg: Qwen2Config, mesh, params, rollout: RolloutShape) -> list:
+    """The references (stored in the compute dtype, laid out like the trained weights), and the rollout phase: the
+    sampler's copy of one agent in the master dtype (`sharding.reshard` moves weights, it does not cast them) and
+    the KV cache of the larger sampler call."""
     items = []
     if rollout.kl:
         ref = sum(_bytes_of(x.sharding.shard_shape(x.shape), model_cfg.compute_dtype) for x in params)
@@ -157,15 +167,14 @@ def _rl_items(cfg: Config, model_cfg: Qwen2Config, mesh, params, rollout: Rollou
 
 
 def kv_cache_bytes(model_cfg: Qwen2Config, mesh, rows: int, length: int) -> int:
-    """Per-device bytes of the sampler's cache for `rows` sequences of `length` slots, in the sampling layout."""
+    """Per-device bytes of the sampler's cache for `rows` sequences of `length` slots: the cache's own arrays, split
+    as the sampling rules split its rows and kv heads (whatever the cache's layout of the other axes)."""
     cache = jax.eval_shape(lambda: KVCache.init(model_cfg, rows, length))
-    total = 0
-    for layer in cache.layers:
-        for x, axes in ((layer.k_BKHS, ("batch", "kv_heads", "head_dim", "cache_len")),
-                        (layer.v_BKSH, ("batch", "kv_heads", "cache_len", "head_dim"))):
-            shard = sharding.named_sharding(axes, sharding.SAMPLE_RULES, mesh, x.shape).shard_shape(x.shape)
-            total += _bytes_of(shard, x.dtype)
-    return total
+    spec = sharding.logical_to_spec(("batch", "kv_heads"), sharding.SAMPLE_RULES, mesh,
+                                    (rows, model_cfg.num_key_value_heads))
+    axes = [a for entry in spec if entry for a in (entry if isinstance(entry, tuple) else (entry,))]
+    split = math.prod(mesh.shape[a] for a in axes)
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache)) // split
 
 
 def activation_bytes_per_row(cfg: Config, model_cfg: Qwen2Config, seq_len: int) -> int:

@@ -18,10 +18,11 @@ and on a pod slice (paths on GCS or NFS, visible from every host):
 Same architecture as Qwen2.5-Coder-7B-Instruct, so the same settings and memory as its config: bf16 compute
 over fp32 master weights and AdamW moments; SFT at lr 1e-5 (warmup 30, cosine to 10%), 64 rows a step on GPUs
 (128 on the pod), one row per device per micro-batch. RL (`rollout_shape`, carried by the RL config once
-`algoforge rl` lands): lr 1e-6, 16 problems a step (32 on the pod) x 4 plans x 4 programs, KL to the frozen start. Rows are 1024 tokens on 80 GB GPUs and 2048 on H200 and v5p: the model keeps every layer's
-attention scores for the backward pass (20 GiB a 1024-token row, 65 GiB a 2048-token one), so that is what the
-budget allows; per-layer rematerialisation will lift it to 4k. `tests/test_configs.py` prints the memory table of
-every variant (also in the README); all fit with fsdp x tensor sharding alone, no offload or bf16 moments needed.
+`algoforge rl` lands): lr 1e-6, 16 problems a step (32 on the pod) x 4 plans x 4 programs, KL to the frozen start.
+Rows are 1024 tokens on 80 GB GPUs and 2048 on H200 and v5p: the model keeps every layer's attention scores for
+the backward pass (20 GiB a 1024-token row, 65 GiB a 2048-token one), so that is what the budget allows;
+per-layer rematerialisation will lift it to 4k. `tests/test_configs.py` prints the memory table of every variant
+(also in the README); all fit with fsdp x tensor sharding alone, no offload or bf16 moments needed.
 """
 
 from algoforge_jax.config import AgentConfig, Config, DataConfig, ModelConfig, TrainConfig

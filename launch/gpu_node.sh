@@ -14,6 +14,6 @@ python=${PYTHON:-$here/.venv/bin/python}
 [ -n "${GPUS:-}" ] && export CUDA_VISIBLE_DEVICES=$GPUS
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${MEM_FRACTION:-0.92}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$here/.jax_cache}
-"$python" -c 'import jax, sys; n = jax.device_count("gpu") if jax.default_backend() == "gpu" else 0
-sys.exit(0) if n else sys.exit("gpu_node.sh: JAX sees no GPU (backend %s); install .[cuda] and check nvidia-smi" % jax.default_backend())'
+backend=$("$python" -c 'import jax; print(jax.default_backend())')
+[ "$backend" = gpu ] || { echo "gpu_node.sh: JAX's backend is $backend: install '.[cuda]', check nvidia-smi" >&2; exit 1; }
 exec "$python" -m algoforge_jax "$@"

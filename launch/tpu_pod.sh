@@ -17,11 +17,12 @@ ssh_all() { gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" --worker=all --
 case "$1" in
   setup)
     repo=${REPO:?set REPO to the repository URL to clone} ref=${REF:-main}
-    ssh_all "set -e; [ -d $dir ] || git clone $repo $dir; cd $dir && git fetch -q origin && git checkout -q $ref &&
-             python3.11 -m venv .venv && .venv/bin/pip install -q -e '.[tpu]' &&
-             .venv/bin/python -c 'import jax; print(jax.process_index(), jax.local_device_count(), jax.devices()[0].device_kind)'" ;;
+    ssh_all "set -e; [ -d $dir ] || git clone $repo $dir; cd $dir && git fetch -q origin && git checkout -q $ref
+             python3.11 -m venv .venv && .venv/bin/pip install -q -r requirements.txt -e '.[tpu]'
+             .venv/bin/python -c 'import jax; print(jax.local_devices())'" ;;
   run|sft|rl|eval|generate|convert|solve)
     printf -v args '%q ' "$@"
-    ssh_all "cd $dir && JAX_COMPILATION_CACHE_DIR=$dir/.jax_cache .venv/bin/python -m algoforge_jax --distributed ${args}" ;;
+    ssh_all "cd $dir && JAX_COMPILATION_CACHE_DIR=$dir/.jax_cache \
+             .venv/bin/python -m algoforge_jax --distributed ${args}" ;;
   *) echo "tpu_pod.sh: unknown command '$1' (setup, run, sft, rl, eval, generate, convert, solve)" >&2; exit 2 ;;
 esac
