@@ -51,7 +51,6 @@ HARDWARE = {
     "8xh100": Hardware("8xh100", 8, 80 * 10**9),
     "8xh200": Hardware("8xh200", 8, 141 * 10**9),
     "tpu-v5p-64": Hardware("tpu-v5p-64", 32, 95 * 10**9),  # 32 chips (64 TensorCores), 4 per host
-    "tpu-v5p-128": Hardware("tpu-v5p-128", 64, 95 * 10**9),
 }
 
 
