@@ -68,6 +68,7 @@ TRAIN_RULES: Rules = {
     "head_dim": None,
     "mlp": "tensor",
     "norm": None,
+    "layers": None,
 }
 
 SAMPLE_RULES: Rules = {
@@ -79,6 +80,7 @@ SAMPLE_RULES: Rules = {
     "head_dim": None,
     "mlp": "tensor",
     "norm": None,
+    "layers": None,
     "cache_len": None,
 }
 

@@ -341,9 +341,9 @@ def test_sharded_greedy_equals_one_device(models):
 
     state, rows = s8.run(p8, prompts)
     assert rows == 6 and state.tokens_BN.shape[0] == 8
-    k = state.cache.layers[0].k_BKHS
-    B, K, H, S = k.shape
-    assert k.sharding.shard_shape(k.shape) == (B // 4, K // 2, H, S)  # rows over data x fsdp, kv heads over tensor
+    k = state.cache.k_LBKHS
+    L, B, K, H, S = k.shape
+    assert k.sharding.shard_shape(k.shape) == (L, B // 4, K // 2, H, S)  # rows over data x fsdp, kv heads over tensor
     assert state.tokens_BN.sharding.shard_shape(state.tokens_BN.shape) == (B // 4, NEW)
 
 
