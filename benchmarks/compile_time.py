@@ -9,13 +9,14 @@ For each preset, the programs a run compiles are lowered and compiled on the CPU
   decode    the sampler's first decode segment (a `jax.lax.while_loop` of single-token steps)
 
 Each program is timed twice in the same run: with the layers scanned (`scan_layers=True`, the default) and with
-the loop fully unrolled at trace time (`scan_layers=False`, what the model compiled before layers were stacked),
-and the table prints the ratio. Trace + lower and XLA compile are timed apart; compile is what scanning saves.
+the scan over the same stacked weights fully unrolled at trace time (`scan_layers=False`), and the table prints
+the ratio. Trace + lower and XLA compile are timed apart; compile is what scanning saves.
 
     .venv/bin/python benchmarks/compile_time.py                             # qwen2.5-1.5b and qwen2.5-7b
     .venv/bin/python benchmarks/compile_time.py --preset qwen2.5-14b --programs forward grad --remat dots
 
-`--scanned-only` times only the scanned model (e.g. on code without the `scan_layers` field, for a baseline).
+`--scanned-only` times only the default model: run on a checkout from before layers were stacked (no
+`scan_layers` field), it gives the baseline of per-layer parameters in a Python loop that the README quotes.
 """
 
 from __future__ import annotations

@@ -61,3 +61,13 @@ def test_gpu_mode_runs_on_the_cpu(bench, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if "% of peak" in line]
     assert [line.split()[2] for line in lines] == ["1:", "2:"], lines
     assert all(float(line.split("tokens/s")[0].split()[-1]) > 0 for line in lines)
+
+
+def test_compile_time_prints_scanned_and_unrolled_compiles(capsys):
+    _load("compile_time").main(["--preset", "tiny", "--programs", "forward", "grad", "decode", "--batch", "2",
+                                "--length", "16", "--new-tokens", "4", "--dtype", "float32"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny")]
+    assert [r[1].strip() for r in rows] == ["forward", "grad", "decode"]
+    for _, _, scanned, unrolled, ratio in rows:
+        assert all(float(s) > 0 for s in scanned.split("/") + unrolled.split("/"))
+        assert ratio.strip().startswith("**") and ratio.strip().endswith("x**")

@@ -2,10 +2,11 @@
 
 Import reads `config.json` and the `*.safetensors` files (single or sharded with `model.safetensors.index.json`)
 one tensor at a time through a memory map, and writes each straight onto its target sharding: a 14B model never
-exists as a whole in host memory, and on a multi-host mesh each host reads only the slices it keeps. Export
-gathers one tensor at a time and writes safetensors (split with an index above `max_shard_bytes`) plus
-config.json, generation_config.json and the tokenizer files, a directory that
-`transformers.AutoModelForCausalLM.from_pretrained` loads with no code of ours.
+exists as a whole in host memory, and on a multi-host mesh each host reads only the slices it keeps. The per-layer
+HF tensors of a stacked decoder parameter stay memory-mapped until all L are read; each device then takes its
+slice of the stack from them. Export gathers one HF tensor (one layer slice) at a time and writes safetensors
+(split with an index above `max_shard_bytes`) plus config.json, generation_config.json and the tokenizer files,
+a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads with no code of ours.
 """
 
 from __future__ import annotations
