@@ -63,6 +63,7 @@ def test_gpu_mode_runs_on_the_cpu(bench, capsys):
     assert all(float(line.split("tokens/s")[0].split()[-1]) > 0 for line in lines)
 
 
+@pytest.mark.slow  # ~40 s of CPU: six compiles with the 152k-token vocabulary of the tiny preset
 def test_compile_time_prints_scanned_and_unrolled_compiles(capsys):
     _load("compile_time").main(["--preset", "tiny", "--programs", "forward", "grad", "decode", "--batch", "2",
                                 "--length", "16", "--new-tokens", "4", "--dtype", "float32"])
