@@ -37,7 +37,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from algoforge_jax import sharding
-from algoforge_jax.models.qwen2 import KVCache, LayerCache, Qwen2Config, Qwen2ForCausalLM
+from algoforge_jax.models.qwen2 import KVCache, Qwen2Config, Qwen2ForCausalLM
 
 FINISH_REASONS = ("running", "eos", "length")  # index = code in SampleState.finish_B
 
@@ -313,8 +313,8 @@ def _record(state: SampleState, logits_BV, method, cfg: SamplerConfig, rng) -> S
 
 # ---------------------------------------------------------------------------------------------- programs
 
-_K_AXES = ("batch", "kv_heads", "head_dim", "cache_len")
-_V_AXES = ("batch", "kv_heads", "cache_len", "head_dim")
+_K_AXES = ("layers", "batch", "kv_heads", "head_dim", "cache_len")
+_V_AXES = ("layers", "batch", "kv_heads", "cache_len", "head_dim")
 
 
 def _constrain(state: SampleState, mesh: Mesh, rules: sharding.ShardingRules) -> SampleState:
@@ -328,7 +328,8 @@ def _constrain(state: SampleState, mesh: Mesh, rules: sharding.ShardingRules) ->
     cache = state.cache
     cache = dataclasses.replace(
         cache,
-        layers=[LayerCache(put(c.k_BKHS, _K_AXES), put(c.v_BKSH, _V_AXES)) for c in cache.layers],
+        k_LBKHS=put(cache.k_LBKHS, _K_AXES),
+        v_LBKSH=put(cache.v_LBKSH, _V_AXES),
         valid_BS=rows(cache.valid_BS),
         next_pos_B=rows(cache.next_pos_B),
     )

@@ -80,6 +80,7 @@ class ShardingRules:
     mlp: MeshAxes = None  # the mlp hidden width F
     norm: MeshAxes = None  # norm weights (length D)
     cache_len: MeshAxes = None  # KV-cache positions
+    layers: MeshAxes = None  # the stacked decoder layers (scanned over, so never split)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):

@@ -69,3 +69,14 @@ def test_train_benchmark_gpu_mode_runs_on_the_cpu(capsys):
     assert train.main(["--device", "gpu", "--smoke", "--batch", "8", "--seq", "16", "--steps", "1", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "ours (sharded step)" in out and "ratio ours/reference" in out
+
+
+@pytest.mark.slow  # ~40 s of CPU: six compiles with the 152k-token vocabulary of the tiny preset
+def test_compile_time_prints_scanned_and_unrolled_compiles(capsys):
+    _load("compile_time").main(["--preset", "tiny", "--programs", "forward", "grad", "decode", "--batch", "2",
+                                "--length", "16", "--new-tokens", "4", "--dtype", "float32"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny")]
+    assert [r[1].strip() for r in rows] == ["forward", "grad", "decode"]
+    for _, _, scanned, unrolled, ratio in rows:
+        assert all(float(s) > 0 for s in scanned.split("/") + unrolled.split("/"))
+        assert ratio.strip().startswith("**") and ratio.strip().endswith("x**")

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 from safetensors.torch import load_file, save_file
 
 from algoforge_jax import checkpoints, sharding
-from algoforge_jax.convert.hf import INDEX_FILE, export_hf, load_hf_model
+from algoforge_jax.convert.hf import INDEX_FILE, export_hf, hf_to_jax_key, jax_rule, load_hf_model
 from algoforge_jax.errors import UserError
-from algoforge_jax.models.build import init_model
-from algoforge_jax.models.qwen2 import PRESETS
+from algoforge_jax.models.build import abstract_model, init_model
+from algoforge_jax.models.qwen2 import PRESETS, Qwen2Config
 from algoforge_jax.sharding import MeshConfig, TRAIN_RULES
 from hf_tiny import forward, hf_logits, one_device_mesh, save_hf_model, tokens_and_mask
 
@@ -185,6 +186,31 @@ def test_default_checkpoint_dtype_is_bf16(mesh8, tmp_path):
     assert {t.dtype for t in read_dir(out).values()} == {torch.bfloat16}
     back = load_with_transformers(out)
     assert back.config.tie_word_embeddings and back.config.vocab_size == 512
+
+
+def test_key_table_maps_each_hf_tensor_to_one_layer_slice_of_one_parameter(sources):
+    hf, _ = sources[False]
+    cfg = Qwen2Config.from_hf_config(hf.config.to_dict())
+    _, abstract = abstract_model(cfg, one_device_mesh(), TRAIN_RULES)
+    covered = []
+    for path, var in nnx.to_flat_state(abstract):
+        rule = jax_rule(".".join(path))
+        names = rule.hf_names(var.shape)
+        assert len(names) == (cfg.num_hidden_layers if rule.per_layer else 1), path
+        for i, name in enumerate(names):
+            assert hf_to_jax_key(name) == (rule, i if rule.per_layer else None), name
+        covered += names
+    assert sorted(covered) == sorted(hf.state_dict())  # every HF tensor exactly once
+
+
+def test_key_table_imports_are_views_so_stacked_layers_stay_memory_mapped():
+    """Import holds a stacked parameter's per-layer tensors until all are read: copies would add up to the model."""
+    cfg = PRESETS["tiny"].replace(vocab_size=512)
+    _, abstract = abstract_model(cfg, one_device_mesh(), TRAIN_RULES)
+    for path, var in nnx.to_flat_state(abstract):
+        rule = jax_rule(".".join(path))
+        hf = np.zeros(rule.hf_shape(var.shape, cfg), np.float32)
+        assert np.shares_memory(rule.to_jax(hf, cfg), hf), rule.hf
 
 
 # ------------------------------------------------------------------------------------------ bad checkpoints

@@ -1,5 +1,6 @@
 """models/qwen2.py against transformers' Qwen2: logits, one decoder layer, KV-cache decoding, configs, presets."""
 
+import functools
 import json
 
 import jax
@@ -8,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 
 from algoforge_jax.convert.hf import load_hf_model
 from algoforge_jax.errors import UserError
 from algoforge_jax.models import qwen2
+from algoforge_jax.models.build import abstract_model
 from algoforge_jax.models.qwen2 import KVCache, Qwen2Config
 from algoforge_jax.sharding import SAMPLE_RULES
 from hf_tiny import forward, hf_logits, left_pad_positions, one_device_mesh, save_hf_model, tokens_and_mask
@@ -101,6 +104,82 @@ def test_bf16_runs_and_stays_close_to_fp32(models, field):
     assert out.dtype == np.float32 and np.isfinite(out).all()
     assert 0 < diff <= 0.05 * np.abs(ref).max()  # > 0: bf16 was really used
     assert (out.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+# ------------------------------------------------------------------------------------------ scanned layers
+
+
+def test_stacked_parameters_carry_a_replicated_layer_axis(models):
+    _, _, model = models[False]
+    params = nnx.to_flat_state(nnx.state(model.layers, nnx.Param))
+    L = model.config.num_hidden_layers
+    assert len(params) == 12 and len(model.layers) == L
+    for path, var in params:
+        assert var.logical_axes[0] == "layers" and var.shape[0] == L, path
+        assert var[...].sharding.spec[0] is None, path
+    q_LDNH = model.layers.stacked.self_attn.q_proj[...]
+    for i in range(L):
+        layer = model.layers[i]
+        np.testing.assert_array_equal(np.asarray(layer.self_attn.q_proj[...]), np.asarray(q_LDNH[i]))
+        assert layer.self_attn.q_proj.logical_axes == ("embed", "q_heads", "head_dim")
+
+
+def _loss_and_grads(cfg, state, ids, valid):
+    graphdef, _ = abstract_model(cfg, one_device_mesh(), SAMPLE_RULES)
+
+    def loss(params):  # next-token cross-entropy over the real tokens
+        logp_BTV = jax.nn.log_softmax(nnx.merge(graphdef, params)(ids, valid)[0][:, :-1])
+        logp_BT = jnp.take_along_axis(logp_BTV, ids[:, 1:, None], axis=-1)[..., 0]
+        return -jnp.where(valid[:, 1:], logp_BT, 0.0).sum() / valid[:, 1:].sum()
+
+    return jax.jit(jax.value_and_grad(loss))(state)
+
+
+def test_remat_policies_and_unrolled_layers_compute_the_same_gradients(models):
+    _, _, model = models[False]
+    state = nnx.state(model)
+    ids, valid = tokens_and_mask()
+    ref_loss, ref_grads = _loss_and_grads(model.config, state, ids, valid)
+    for remat, scan in [("full", True), ("dots", True), ("none", False), ("full", False)]:
+        loss, grads = _loss_and_grads(model.config.replace(remat=remat, scan_layers=scan), state, ids, valid)
+        assert abs(float(loss) - float(ref_loss)) <= 1e-5 * abs(float(ref_loss)), (remat, scan)
+        for (path, g), (_, ref) in zip(nnx.to_flat_state(grads), nnx.to_flat_state(ref_grads)):
+            g, ref = np.asarray(g[...]), np.asarray(ref[...])
+            assert np.abs(g - ref).max() <= 1e-4 * np.abs(ref).max(), (remat, scan, path)
+
+
+def _compiled(cfg, fn):
+    """`fn(graphdef, params, tokens)` compiled for abstract weights and a [4, 256] token block."""
+    graphdef, params = abstract_model(cfg, one_device_mesh(), SAMPLE_RULES)
+    tokens = jax.ShapeDtypeStruct((4, 256), jnp.int32)
+    return jax.jit(functools.partial(fn, graphdef)).lower(params, tokens).compile()
+
+
+def test_scanned_program_holds_one_layer_body():
+    def dots(layers, scan):
+        cfg = qwen2.preset("tiny", vocab_size=256, num_hidden_layers=layers, scan_layers=scan)
+        return _compiled(cfg, lambda g, p, t: nnx.merge(g, p)(t)[0]).as_text().count(" dot(")
+
+    assert dots(2, True) == dots(4, True)  # 7 products per layer body, plus the head: whatever L is
+    assert dots(4, False) > dots(2, False) > dots(2, True)
+
+
+def test_remat_policy_bounds_training_memory():
+    """Compiled temporary memory of a gradient: full remat keeps least, saving dots keeps more, none most."""
+
+    def temp_bytes(remat):
+        cfg = qwen2.preset("tiny", vocab_size=256, num_hidden_layers=4, remat=remat)
+        grad = lambda g, p, t: jax.grad(lambda p: nnx.merge(g, p)(t)[0].mean())(p)  # noqa: E731
+        return _compiled(cfg, grad).memory_analysis().temp_size_in_bytes
+
+    full, dots, none = temp_bytes("full"), temp_bytes("dots"), temp_bytes("none")
+    print(f"grad temp bytes: full {full:,}, dots {dots:,}, none {none:,}")
+    assert full < dots < none and 2 * full < none
+
+
+def test_unknown_remat_policy_is_refused():
+    with pytest.raises(ValueError, match="remat must be one of .* got 'some'"):
+        qwen2.preset("tiny", remat="some")
 
 
 @pytest.mark.parametrize(

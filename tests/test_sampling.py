@@ -392,9 +392,9 @@ def test_sharded_greedy_equals_one_device(models):
 
     state, stats = s8.run(p8, prompts)
     assert state.tokens_BN.shape[0] == 8 and stats.decode_steps == NEW - 1
-    k = state.cache.layers[0].k_BKHS
-    B, K, H, S = k.shape
-    assert k.sharding.shard_shape(k.shape) == (B // 4, K // 2, H, S)  # rows over data x fsdp, kv heads over tensor
+    k = state.cache.k_LBKHS
+    L, B, K, H, S = k.shape
+    assert k.sharding.shard_shape(k.shape) == (L, B // 4, K // 2, H, S)  # rows over data x fsdp, kv heads over tensor
     assert state.tokens_BN.sharding.shard_shape(state.tokens_BN.shape) == (B // 4, NEW)
 
 

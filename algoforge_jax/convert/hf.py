@@ -2,11 +2,13 @@
 
 Import reads `config.json` and the `*.safetensors` files (single or sharded with `model.safetensors.index.json`)
 one tensor at a time through a memory map, and writes each straight onto its target sharding: a 14B model never
-exists as a whole in host memory, and on a multi-host mesh each host reads only the slices it keeps. Export
-streams the other way: it plans the safetensors files (split with an index above `max_shard_bytes`) from the
-parameters' shapes, then gathers one tensor at a time and appends it to its file at once, so a 32B model needs
-host memory for its largest tensor, not for a shard. With config.json, generation_config.json and the tokenizer
-files it makes a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads with no code of ours.
+exists as a whole in host memory, and on a multi-host mesh each host reads only the slices it keeps. The per-layer
+HF tensors of a stacked decoder parameter stay memory-mapped until all L are read; each device then takes its
+slice of the stack from them. Export streams the other way: it plans the safetensors files (split with an index
+above `max_shard_bytes`) from the parameters' shapes, a stacked parameter as its L per-layer HF tensors, then
+gathers one HF tensor (one layer slice) at a time and appends it to its file at once, so a 32B model needs host
+memory for its largest tensor, not for a shard. With config.json, generation_config.json and the tokenizer files
+it makes a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads with no code of ours.
 """
 
 from __future__ import annotations
@@ -53,19 +55,33 @@ INDEX_FILE = "model.safetensors.index.json"
 
 @dataclasses.dataclass(frozen=True)
 class KeyRule:
-    """One HF tensor name pattern <-> one JAX parameter path, with the reshapes between their layouts."""
+    """One HF tensor name pattern <-> one JAX parameter path, with the reshapes between their layouts.
+
+    A pattern with {i} names one tensor per decoder layer; all of them are slices of one stacked JAX parameter
+    (leading axis = layer index), converted one slice at a time.
+    """
 
     hf: str  # may contain {i} (layer index)
-    jax: str  # dotted path into the model's state; may contain {i}
+    jax: str  # dotted path into the model's state
     to_jax: Callable[[np.ndarray, Qwen2Config], np.ndarray] = lambda w, c: w
     to_hf: Callable[[np.ndarray, Qwen2Config], np.ndarray] = lambda w, c: w
 
+    @property
+    def per_layer(self) -> bool:
+        return "{i}" in self.hf
+
     def hf_shape(self, shape: tuple[int, ...], cfg: Qwen2Config) -> tuple[int, ...]:
-        """The HF-layout shape of a parameter whose JAX shape is `shape` (computed on a broadcast, no data)."""
-        return tuple(self.to_hf(np.broadcast_to(np.int8(0), shape), cfg).shape)
+        """The HF-layout shape of one HF tensor of a parameter whose JAX shape is `shape` (a stacked parameter's
+        tensors are its layer slices), computed on a broadcast: no data."""
+        layer_shape = shape[1:] if self.per_layer else shape
+        return tuple(self.to_hf(np.broadcast_to(np.int8(0), layer_shape), cfg).shape)
 
     def hf_regex(self) -> re.Pattern:
         return re.compile("^" + re.escape(self.hf).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+
+    def hf_names(self, shape: tuple[int, ...]) -> list[str]:
+        """The HF tensors that make up a JAX parameter of this shape."""
+        return [self.hf.format(i=i) for i in range(shape[0])] if self.per_layer else [self.hf]
 
 
 def _heads(w, c, n):  # torch Linear [n*H, D] -> kernel [D, n, H]
@@ -79,42 +95,43 @@ def _unheads(k, c):  # kernel [D, n, H] -> torch Linear [n*H, D]
 _N = lambda c: c.num_attention_heads  # noqa: E731
 _K = lambda c: c.num_key_value_heads  # noqa: E731
 _T = lambda w, c: w.T  # noqa: E731
+_L = "layers.stacked."  # the DecoderStack: every decoder layer's parameters, stacked
 
 KEY_TABLE: tuple[KeyRule, ...] = (
     KeyRule("model.embed_tokens.weight", "embed_tokens"),
     KeyRule("model.norm.weight", "norm.weight"),
     KeyRule("lm_head.weight", "lm_head", _T, _T),
-    KeyRule("model.layers.{i}.input_layernorm.weight", "layers.{i}.input_layernorm.weight"),
-    KeyRule("model.layers.{i}.post_attention_layernorm.weight", "layers.{i}.post_attention_layernorm.weight"),
-    KeyRule("model.layers.{i}.self_attn.q_proj.weight", "layers.{i}.self_attn.q_proj", lambda w, c: _heads(w, c, _N(c)), _unheads),
-    KeyRule("model.layers.{i}.self_attn.k_proj.weight", "layers.{i}.self_attn.k_proj", lambda w, c: _heads(w, c, _K(c)), _unheads),
-    KeyRule("model.layers.{i}.self_attn.v_proj.weight", "layers.{i}.self_attn.v_proj", lambda w, c: _heads(w, c, _K(c)), _unheads),
-    KeyRule("model.layers.{i}.self_attn.q_proj.bias", "layers.{i}.self_attn.q_bias", lambda w, c: w.reshape(_N(c), -1), lambda w, c: w.reshape(-1)),
-    KeyRule("model.layers.{i}.self_attn.k_proj.bias", "layers.{i}.self_attn.k_bias", lambda w, c: w.reshape(_K(c), -1), lambda w, c: w.reshape(-1)),
-    KeyRule("model.layers.{i}.self_attn.v_proj.bias", "layers.{i}.self_attn.v_bias", lambda w, c: w.reshape(_K(c), -1), lambda w, c: w.reshape(-1)),
+    KeyRule("model.layers.{i}.input_layernorm.weight", _L + "input_layernorm.weight"),
+    KeyRule("model.layers.{i}.post_attention_layernorm.weight", _L + "post_attention_layernorm.weight"),
+    KeyRule("model.layers.{i}.self_attn.q_proj.weight", _L + "self_attn.q_proj", lambda w, c: _heads(w, c, _N(c)), _unheads),
+    KeyRule("model.layers.{i}.self_attn.k_proj.weight", _L + "self_attn.k_proj", lambda w, c: _heads(w, c, _K(c)), _unheads),
+    KeyRule("model.layers.{i}.self_attn.v_proj.weight", _L + "self_attn.v_proj", lambda w, c: _heads(w, c, _K(c)), _unheads),
+    KeyRule("model.layers.{i}.self_attn.q_proj.bias", _L + "self_attn.q_bias", lambda w, c: w.reshape(_N(c), -1), lambda w, c: w.reshape(-1)),
+    KeyRule("model.layers.{i}.self_attn.k_proj.bias", _L + "self_attn.k_bias", lambda w, c: w.reshape(_K(c), -1), lambda w, c: w.reshape(-1)),
+    KeyRule("model.layers.{i}.self_attn.v_proj.bias", _L + "self_attn.v_bias", lambda w, c: w.reshape(_K(c), -1), lambda w, c: w.reshape(-1)),
     # o_proj: torch [D, N*H] -> kernel [N, H, D]
-    KeyRule("model.layers.{i}.self_attn.o_proj.weight", "layers.{i}.self_attn.o_proj",
+    KeyRule("model.layers.{i}.self_attn.o_proj.weight", _L + "self_attn.o_proj",
             lambda w, c: w.T.reshape(_N(c), c.head_size, c.hidden_size), lambda k, c: k.reshape(-1, c.hidden_size).T),
-    KeyRule("model.layers.{i}.mlp.gate_proj.weight", "layers.{i}.mlp.gate_proj", _T, _T),
-    KeyRule("model.layers.{i}.mlp.up_proj.weight", "layers.{i}.mlp.up_proj", _T, _T),
-    KeyRule("model.layers.{i}.mlp.down_proj.weight", "layers.{i}.mlp.down_proj", _T, _T),
+    KeyRule("model.layers.{i}.mlp.gate_proj.weight", _L + "mlp.gate_proj", _T, _T),
+    KeyRule("model.layers.{i}.mlp.up_proj.weight", _L + "mlp.up_proj", _T, _T),
+    KeyRule("model.layers.{i}.mlp.down_proj.weight", _L + "mlp.down_proj", _T, _T),
 )
 _HF_PATTERNS = [(rule, rule.hf_regex()) for rule in KEY_TABLE]
+_JAX_RULES = {rule.jax: rule for rule in KEY_TABLE}
 
 
-def hf_to_jax_key(name: str) -> tuple[KeyRule, str] | None:
+def hf_to_jax_key(name: str) -> tuple[KeyRule, int | None] | None:
+    """(rule, layer index or None) of an HF tensor name, None if no rule matches."""
     for rule, pattern in _HF_PATTERNS:
         if m := pattern.match(name):
-            return rule, rule.jax.format(**m.groupdict())
+            return rule, None if m.groupdict().get("i") is None else int(m["i"])
     return None
 
 
-def jax_to_hf_key(path: str) -> tuple[KeyRule, str]:
-    for rule in KEY_TABLE:
-        pattern = re.compile("^" + re.escape(rule.jax).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
-        if m := pattern.match(path):
-            return rule, rule.hf.format(**m.groupdict())
-    raise KeyError(f"no HF name for parameter {path!r}")
+def jax_rule(path: str) -> KeyRule:
+    if path not in _JAX_RULES:
+        raise KeyError(f"no HF name for parameter {path!r}")
+    return _JAX_RULES[path]
 
 
 # ----------------------------------------------------------------------------------- safetensors I/O
@@ -207,38 +224,56 @@ def _flat_abstract(abstract: nnx.State) -> dict[str, jax.ShapeDtypeStruct]:
     return {".".join(map(str, path)): leaf for path, leaf in nnx.to_flat_state(abstract)}
 
 
+class _Stacked:
+    """Per-layer host arrays read as one [L, ...] array: `sharding.from_host` takes each device's slice of the
+    stack from the layers' memory maps, so the whole stacked parameter never exists in host memory."""
+
+    def __init__(self, layers: list[np.ndarray]):
+        self.layers = layers
+        self.shape = (len(layers), *layers[0].shape)
+        self.dtype = layers[0].dtype
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        return np.stack([layer[index[1:]] for layer in self.layers[index[0]]])
+
+
 def load_hf_state(model_dir: Path, cfg: Qwen2Config, abstract: nnx.State) -> nnx.State:
-    """Fills an abstract state from HF safetensors, checking every tensor's name and shape."""
+    """Fills an abstract state from HF safetensors, checking every tensor's name and shape, and that each is set
+    exactly once. A stacked parameter is placed once all of its layers' tensors have been read."""
     targets = _flat_abstract(abstract)
+    pending = {path: [None] * len(jax_rule(path).hf_names(t.shape)) for path, t in targets.items()}
     loaded: dict[str, jax.Array] = {}
-    bar = tqdm(total=len(targets), desc="loading tensors", unit="tensor", disable=None, leave=False)
+    seen: set[str] = set()
+    bar = tqdm(total=sum(map(len, pending.values())), desc="loading tensors", unit="tensor", disable=None, leave=False)
     for file in safetensors_files(model_dir):
         for name, tensor in read_safetensors(file):
             bar.update()
-            match = hf_to_jax_key(name)
-            if match is None or match[1] not in targets:
+            rule, layer = hf_to_jax_key(name) or (None, None)
+            if rule is None or rule.jax not in targets or name not in rule.hf_names(targets[rule.jax].shape):
                 if name == "lm_head.weight" and cfg.tie_word_embeddings:
                     continue  # some tied checkpoints still store the (identical) head
                 raise UserError(f"{file}: unexpected tensor {name!r} (not part of this Qwen2 config)")
-            rule, path = match
-            if path in loaded:
+            if name in seen:
                 raise UserError(f"{file}: tensor {name!r} is set twice")
+            seen.add(name)
+            target = targets[rule.jax]
             # Checked in the HF layout, before to_jax: its reshapes would accept any tensor of the right size.
-            expected = rule.hf_shape(targets[path].shape, cfg)
+            expected = rule.hf_shape(target.shape, cfg)
             if tensor.shape != expected:
                 raise UserError(
                     f"{file}: tensor {name!r} has shape {list(tensor.shape)}, config.json implies {list(expected)}"
                 )
-            loaded[path] = sharding.from_host(rule.to_jax(tensor, cfg), targets[path].sharding, targets[path].dtype)
+            slots = pending[rule.jax]
+            slots[layer or 0] = rule.to_jax(tensor, cfg)
+            if all(s is not None for s in slots):
+                value = _Stacked(slots) if rule.per_layer else slots[0]
+                loaded[rule.jax] = sharding.from_host(value, target.sharding, target.dtype)
+                del pending[rule.jax]
     bar.close()
-    missing = sorted(jax_to_hf_key(p)[1] for p in targets.keys() - loaded.keys())
+    missing = sorted({n for p, t in targets.items() for n in jax_rule(p).hf_names(t.shape)} - seen)
     if missing:
         raise UserError(f"{model_dir}: missing tensor(s) {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-    return nnx.from_flat_state({tuple(_int_keys(p)): v for p, v in loaded.items()})
-
-
-def _int_keys(path: str) -> list:
-    return [int(p) if p.isdigit() else p for p in path.split(".")]
+    return nnx.from_flat_state({tuple(p.split(".")): v for p, v in loaded.items()})
 
 
 def load_hf_model(model_dir, mesh: Mesh, rules: sharding.ShardingRules, **overrides) -> Qwen2ForCausalLM:
@@ -279,7 +314,7 @@ def export_hf(model: Qwen2ForCausalLM, out_dir, *, tokenizer_dir=None, dtype: st
             write_safetensors(out_dir / file, [t.spec for t in shard], _hf_arrays(shard, cfg, bar))
         else:
             for t in shard:  # every process joins every gather (a collective), in the same order
-                _gather(t.var, bar)
+                _gather(t, bar)
     bar.close()
     if not writer:
         return out_dir
@@ -298,39 +333,45 @@ def export_hf(model: Qwen2ForCausalLM, out_dir, *, tokenizer_dir=None, dtype: st
 
 @dataclasses.dataclass(frozen=True)
 class PlannedTensor:
-    """One parameter of an export: where it lives, its key rule, and how it is written."""
+    """One HF tensor of an export: the parameter it comes from (one layer slice of it, for a stacked parameter),
+    its key rule, and how it is written."""
 
     var: nnx.Variable
     rule: KeyRule
+    layer: int | None  # the slice of a stacked parameter; None: the whole parameter
     spec: TensorSpec  # HF name, the export dtype and the HF-layout shape
 
 
 def plan_shards(params, cfg: Qwen2Config, dtype: np.dtype, max_shard_bytes: int) -> list[list[PlannedTensor]]:
-    """Splits the parameters (nnx flat state, in export order) into safetensors files of at most
+    """Splits the HF tensors of the parameters (nnx flat state, in export order) into safetensors files of at most
     `max_shard_bytes` (a bigger tensor gets a file of its own), from their shapes alone: nothing is gathered."""
     shards: list[list[PlannedTensor]] = [[]]
     size = 0
     for path, var in params:
-        rule, name = jax_to_hf_key(".".join(map(str, path)))
-        tensor = PlannedTensor(var, rule, TensorSpec(name, dtype, rule.hf_shape(var.shape, cfg)))
-        if size and size + tensor.spec.nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(tensor)
-        size += tensor.spec.nbytes
+        rule = jax_rule(".".join(map(str, path)))
+        spec_shape = rule.hf_shape(var.shape, cfg)
+        for i, name in enumerate(rule.hf_names(var.shape)):
+            tensor = PlannedTensor(var, rule, i if rule.per_layer else None, TensorSpec(name, dtype, spec_shape))
+            if size and size + tensor.spec.nbytes > max_shard_bytes:
+                shards.append([])
+                size = 0
+            shards[-1].append(tensor)
+            size += tensor.spec.nbytes
     return shards
 
 
-def _gather(var: nnx.Variable, bar: tqdm) -> np.ndarray:
+def _gather(t: PlannedTensor, bar: tqdm) -> np.ndarray:
+    """The tensor's value in the JAX layout on this host; a stacked parameter's layer slice alone is gathered."""
     bar.update()
-    return sharding.to_host(var[...])
+    value = t.var[...]
+    return sharding.to_host(value if t.layer is None else value[t.layer])
 
 
 def _hf_arrays(shard: list[PlannedTensor], cfg: Qwen2Config, bar: tqdm) -> Iterator[np.ndarray]:
     """The shard's tensors in HF layout and dtype, gathered one at a time; the gathered copy is dropped as soon as
     it is converted."""
     for t in shard:
-        yield np.ascontiguousarray(t.rule.to_hf(_gather(t.var, bar), cfg), dtype=t.spec.dtype)
+        yield np.ascontiguousarray(t.rule.to_hf(_gather(t, bar), cfg), dtype=t.spec.dtype)
 
 
 def copy_sidecar_files(src: Path, dst: Path) -> list[str]:

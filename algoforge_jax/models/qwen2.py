@@ -5,6 +5,11 @@ the KV cache used for incremental decoding. Parameter names mirror Hugging Face'
 `convert/hf.py` stays short. Every parameter carries `logical_axes` metadata; `sharding.py` maps those names to
 mesh axes. Nothing here mentions devices.
 
+The L decoder layers are one `DecoderStack`: each parameter is stored once with a leading "layers" axis and the
+layers run as one `jax.lax.scan`, so a 28- or 48-layer model compiles one layer body, not L copies of it; the KV
+cache is stacked the same way and is the scan's carry. `Qwen2Config.remat` picks what the backward pass
+keeps of each layer (MaxText's remat policies), `scan_layers=False` unrolls the loop at trace time instead.
+
 Left out on purpose: sliding-window attention (no Qwen2.5 checkpoint enables it; a config that does is refused),
 dropout (attention_dropout is 0.0 in every release), and rope scaling (YaRN is opt-in upstream, refused here).
 
@@ -26,6 +31,14 @@ from flax import nnx
 from algoforge_jax.errors import UserError
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+# What a layer keeps for the backward pass (None: everything, no recomputation). Only differentiation looks at
+# it: a forward pass or the sampler computes the same thing under any policy.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,  # only each layer's input; the backward reruns the layer
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weight products' outputs; not attention
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +62,9 @@ class Qwen2Config:
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
+    # How to run, not what the model is: neither is saved with a checkpoint or exported.
+    remat: str = "none"  # per-layer rematerialisation for training: none / full / dots (REMAT_POLICIES)
+    scan_layers: bool = True  # False: unroll the layer scan at trace time (L copies of the layer in the program)
 
     def __post_init__(self):
         if self.num_attention_heads % self.num_key_value_heads:
@@ -59,6 +75,8 @@ class Qwen2Config:
         for name in ("dtype", "param_dtype", "checkpoint_dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(f"{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
 
     @property
     def head_size(self) -> int:
@@ -245,10 +263,22 @@ def rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class LayerCache:
-    """Keys and values of one layer for every cache slot."""
+    """The stacked cache as one layer of the scan sees it. The whole stack is the scan's carry and each layer
+    writes its new keys and values into its own slice of it, so XLA updates the cache in place; scanning the
+    stack as per-layer inputs and outputs instead made a CPU decode step 5x slower still (a copy of the cache)."""
 
-    k_BKHS: jax.Array  # keys transposed: [batch, kv heads, head dim, slot]
-    v_BKSH: jax.Array
+    k_LBKHS: jax.Array
+    v_LBKSH: jax.Array
+    layer: jax.Array
+
+    def update(self, k_BKHS, v_BKSH, end) -> tuple["LayerCache", jax.Array, jax.Array]:
+        """Writes this layer's new keys and values at slot `end`: (the cache, this layer's keys, its values)."""
+        i = self.layer
+        k_LBKHS = jax.lax.dynamic_update_slice(self.k_LBKHS, k_BKHS[None].astype(self.k_LBKHS.dtype), (i, 0, 0, 0, end))
+        v_LBKSH = jax.lax.dynamic_update_slice(self.v_LBKSH, v_BKSH[None].astype(self.v_LBKSH.dtype), (i, 0, 0, end, 0))
+        layer_k = jax.lax.dynamic_index_in_dim(k_LBKHS, i, keepdims=False)
+        layer_v = jax.lax.dynamic_index_in_dim(v_LBKSH, i, keepdims=False)
+        return LayerCache(k_LBKHS, v_LBKSH, i), layer_k, layer_v
 
 
 @jax.tree_util.register_dataclass
@@ -256,11 +286,13 @@ class LayerCache:
 class KVCache:
     """Decoding state of all layers. Slots [0, end) are filled; `valid_BS` marks which hold real tokens.
 
+    Keys and values of all layers are stacked on a leading layer axis and scanned together with the weights.
     Rows are left-padded, so every row writes its next token at the same slot `end`; pad slots stay invalid and
     are never attended to. `next_pos_B` is each row's next RoPE position (its count of real tokens so far).
     """
 
-    layers: list[LayerCache]
+    k_LBKHS: jax.Array
+    v_LBKSH: jax.Array
     valid_BS: jax.Array
     next_pos_B: jax.Array
     end: jax.Array
@@ -268,10 +300,9 @@ class KVCache:
     @classmethod
     def init(cls, cfg: Qwen2Config, batch: int, size: int, dtype=None) -> "KVCache":
         dtype = dtype or cfg.compute_dtype
-        B, K, S, H = batch, cfg.num_key_value_heads, size, cfg.head_size
-        layers = [LayerCache(jnp.zeros((B, K, H, S), dtype), jnp.zeros((B, K, S, H), dtype))
-                  for _ in range(cfg.num_hidden_layers)]
-        return cls(layers, jnp.zeros((batch, size), bool), jnp.zeros((batch,), jnp.int32), jnp.zeros((), jnp.int32))
+        L, B, K, S, H = cfg.num_hidden_layers, batch, cfg.num_key_value_heads, size, cfg.head_size
+        return cls(jnp.zeros((L, B, K, H, S), dtype), jnp.zeros((L, B, K, S, H), dtype),
+                   jnp.zeros((B, S), bool), jnp.zeros((B,), jnp.int32), jnp.zeros((), jnp.int32))
 
     @property
     def size(self) -> int:
@@ -286,8 +317,8 @@ class KVCache:
         def pad(x, axis):
             return jnp.pad(x, [(0, extra if a == axis else 0) for a in range(x.ndim)])
 
-        layers = [LayerCache(pad(c.k_BKHS, 3), pad(c.v_BKSH, 2)) for c in self.layers]
-        return dataclasses.replace(self, layers=layers, valid_BS=pad(self.valid_BS, 1))
+        return dataclasses.replace(self, k_LBKHS=pad(self.k_LBKHS, 4), v_LBKSH=pad(self.v_LBKSH, 3),
+                                   valid_BS=pad(self.valid_BS, 1))
 
 
 class Attention(nnx.Module):
@@ -316,11 +347,8 @@ class Attention(nnx.Module):
         # [rows, contract] x [contract, cols] products over (B, K), with no per-step re-layout of the cache.
         k_BKHS, v_BKSH = k_BTKH.transpose(0, 2, 3, 1), v_BTKH.transpose(0, 2, 1, 3)
         if cache is not None:
-            cache = LayerCache(
-                jax.lax.dynamic_update_slice(cache.k_BKHS, k_BKHS.astype(cache.k_BKHS.dtype), (0, 0, 0, end)),
-                jax.lax.dynamic_update_slice(cache.v_BKSH, v_BKSH.astype(cache.v_BKSH.dtype), (0, 0, end, 0)),
-            )
-            k_BKHS, v_BKSH = cache.k_BKHS.astype(x_BTD.dtype), cache.v_BKSH.astype(x_BTD.dtype)
+            cache, k_BKHS, v_BKSH = cache.update(k_BKHS, v_BKSH, end)
+            k_BKHS, v_BKSH = k_BKHS.astype(x_BTD.dtype), v_BKSH.astype(x_BTD.dtype)
         out_BTNH = attend(q_BTNH, k_BKHS, v_BKSH, mask_BTS)
         out_BTD = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.o_proj[...].astype(cfg.compute_dtype))
         return out_BTD, cache
@@ -368,13 +396,71 @@ class DecoderLayer(nnx.Module):
         return x_BTD + self.mlp(self.post_attention_layernorm(x_BTD)), cache
 
 
+class DecoderStack(nnx.Module):
+    """The L decoder layers as one `DecoderLayer` whose parameters carry a leading "layers" axis, run by one scan.
+
+    `stack[i]` is layer i as a plain `DecoderLayer` (its parameters sliced out of the stack), for inspection.
+    """
+
+    def __init__(self, cfg: Qwen2Config, rngs: nnx.Rngs):
+        keys = jax.random.split(rngs.params(), cfg.num_hidden_layers)
+        stacked = jax.vmap(lambda key: nnx.state(DecoderLayer(cfg, nnx.Rngs(params=key))))(keys)
+        graphdef = nnx.graphdef(nnx.eval_shape(lambda: DecoderLayer(cfg, nnx.Rngs(0))))
+        stacked = _map_variables(lambda v: v.replace(logical_axes=("layers", *v.logical_axes)), stacked)
+        self.stacked = nnx.merge(graphdef, stacked)
+        self.cfg = cfg
+
+    def __len__(self) -> int:
+        return self.cfg.num_hidden_layers
+
+    def __getitem__(self, i: int) -> DecoderLayer:
+        graphdef, stacked = nnx.split(self.stacked)
+        return nnx.merge(graphdef, _map_variables(lambda v: _unstack(v, i), stacked))
+
+    def __call__(self, x_BTD, positions_BT, mask_BTS, cache: KVCache | None):
+        """Runs every layer: (x_BTD, the cache's new keys and values as (k_LBKHS, v_LBKSH), or None)."""
+        graphdef, stacked = nnx.split(self.stacked)
+        end = None if cache is None else cache.end
+
+        def one_layer(carry, params_and_layer):
+            x_BTD, kv = carry
+            params, layer = params_and_layer
+            cache = None if kv is None else LayerCache(*kv, layer)
+            x_BTD, cache = nnx.merge(graphdef, params)(x_BTD, positions_BT, mask_BTS, cache, end)
+            return (x_BTD, None if cache is None else (cache.k_LBKHS, cache.v_LBKSH)), None
+
+        policy = REMAT_POLICIES[self.cfg.remat]
+        if policy is not None:
+            # Inside a rolled scan XLA cannot merge the recomputation back into the forward pass, so no extra
+            # barrier is needed (JAX's advice); unrolled, it is.
+            one_layer = jax.checkpoint(one_layer, policy=policy, prevent_cse=not self.cfg.scan_layers)
+        kv = None if cache is None else (cache.k_LBKHS, cache.v_LBKSH)
+        layers = jnp.arange(self.cfg.num_hidden_layers)
+        carry, _ = jax.lax.scan(one_layer, (x_BTD, kv), (stacked, layers), unroll=not self.cfg.scan_layers)
+        return carry
+
+
+def _map_variables(fn, state: nnx.State) -> nnx.State:
+    return jax.tree.map(fn, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _unstack(var: nnx.Variable, i: int) -> nnx.Variable:
+    """Slice i of a stacked variable, placed as the stack's sharding minus its leading layer axis."""
+    value = var[...][i]
+    stacked_sharding = getattr(var[...], "sharding", None)
+    if isinstance(stacked_sharding, jax.sharding.NamedSharding):
+        spec = jax.sharding.PartitionSpec(*stacked_sharding.spec[1:])
+        value = jax.device_put(value, jax.sharding.NamedSharding(stacked_sharding.mesh, spec))
+    return var.replace(value, logical_axes=var.logical_axes[1:])
+
+
 class Qwen2ForCausalLM(nnx.Module):
     """The causal LM. `__call__` runs a full sequence (training, scoring); with a cache it extends the cache."""
 
     def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
         self.config = cfg
         self.embed_tokens = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
-        self.layers = nnx.List([DecoderLayer(cfg, rngs) for _ in range(cfg.num_hidden_layers)])
+        self.layers = DecoderStack(cfg, rngs)
         self.norm = RMSNorm(cfg, rngs)
         if not cfg.tie_word_embeddings:
             self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg)
@@ -393,14 +479,9 @@ class Qwen2ForCausalLM(nnx.Module):
         # if the pad token's own embedding is not (attention weighs them by 0, and 0 x NaN is NaN).
         x_BTD = jnp.take(self.embed_tokens[...], tokens_BT, axis=0, mode="clip").astype(self.config.compute_dtype)
         x_BTD = jnp.where(valid_BT[..., None], x_BTD, 0)
-        end = None if cache is None else cache.end
-        new_layers = []
-        for i, layer in enumerate(self.layers):
-            layer_cache = None if cache is None else cache.layers[i]
-            x_BTD, layer_cache = layer(x_BTD, positions_BT, mask_BTS, layer_cache, end)
-            new_layers.append(layer_cache)
+        x_BTD, kv = self.layers(x_BTD, positions_BT, mask_BTS, cache)
         if cache is not None:
-            cache = dataclasses.replace(cache, layers=new_layers, end=cache.end + tokens_BT.shape[1])
+            cache = dataclasses.replace(cache, k_LBKHS=kv[0], v_LBKSH=kv[1], end=cache.end + tokens_BT.shape[1])
         return self.norm(x_BTD), cache
 
     def logits(self, hidden_BTD):
