@@ -179,7 +179,7 @@ token, found = {token!r}, []
 for path in {targets!r}:
     if os.path.exists(path):
         found.append(path)
-skip = {{'/proc', '/sys', '/dev', '/usr', '/etc', sys.prefix, sys.base_prefix}}
+skip = {{'/proc', '/sys', '/dev', '/usr', '/etc', sys.prefix, sys.base_prefix, *(p for p in sys.path if 'site-packages' in p)}}
 for top, dirs, files in os.walk('/'):
     dirs[:] = [d for d in dirs if os.path.join(top, d) not in skip]
     for name in dirs + files:
