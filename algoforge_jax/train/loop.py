@@ -137,8 +137,9 @@ def _run(cfg: Config, model_cfg, trainer: Trainer, state, batches, eval_batches,
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             seconds = time.perf_counter() - started
             if not np.isfinite(metrics["loss"]):
+                last = ckpts.latest_step()
                 raise UserError(f"step {step}: loss is {metrics['loss']}; stopped (last checkpoint: "
-                                f"{ckpts.latest_step()})")
+                                f"{'none' if last is None else last})")
             metrics.update(tokens_per_s=tokens / seconds, step_s=seconds)
             if peak:
                 metrics["mfu"] = flops * tokens / seconds / (peak * jax.device_count())
