@@ -156,7 +156,7 @@ def test_sharded_step_equals_one_device_step():
 def test_non_finite_loss_stops_naming_the_step(tmp_path):
     examples = random_examples(8)
     examples["tokens"][3, 2] = 10_000  # past the vocabulary: the embedding gather fills NaN, so the loss is NaN
-    with pytest.raises(UserError, match=r"^step 1: loss is nan; stopped \(last checkpoint: None\)$"):
+    with pytest.raises(UserError, match=r"^step 1: loss is nan; stopped \(last checkpoint: none\)$"):
         train_sft(tiny_config(), "planner", tmp_path, ArrayBatches(examples, 8, seed=0), [])
 
 
