@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("algoforge_jax.generate", "sample from a model (HF directory or orbax checkpoint); JSON lines out"),
     "convert": ("algoforge_jax.convert.cli", "convert checkpoints between Hugging Face and orbax"),
     "init-model": ("algoforge_jax.convert.cli_init", "write a randomly initialised HF-format model from a preset"),
+    "sft": ("algoforge_jax.sft", "cold-start supervised fine-tuning of one agent (planner or coder)"),
     "score": ("eval.score", "run completions in the sandbox against a benchmark's tests"),
 }
 

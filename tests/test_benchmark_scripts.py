@@ -61,3 +61,11 @@ def test_gpu_mode_runs_on_the_cpu(bench, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if "% of peak" in line]
     assert [line.split()[2] for line in lines] == ["1:", "2:"], lines
     assert all(float(line.split("tokens/s")[0].split()[-1]) > 0 for line in lines)
+
+
+@pytest.mark.slow
+def test_train_benchmark_gpu_mode_runs_on_the_cpu(capsys):
+    train = _load("train")
+    assert train.main(["--device", "gpu", "--smoke", "--batch", "8", "--seq", "16", "--steps", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "ours (sharded step)" in out and "ratio ours/reference" in out

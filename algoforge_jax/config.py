@@ -1,0 +1,218 @@
+"""Run configuration: one frozen tree of typed dataclasses, loaded from a Python file and overridden with `--set`.
+
+A config file is plain Python exposing `get_config(arg: str | None = None) -> Config` (its docstring shows the
+command that runs it). `--set a.b=value` replaces one leaf, the value coerced to the field's declared type; an
+unknown key or a value of the wrong type is a one-line `UserError` naming the key and what is valid. There is no
+merging of files and no YAML: a file that wants a variant builds it with `dataclasses.replace`.
+
+Planner and Coder share one code path: the tree has one `model`, `train` and `mesh` for both agents and two
+instances of `AgentConfig` (`planner`, `coder`) for what differs between them (their data and starting weights).
+Left out on purpose: the RL stage's knobs (the GRPO issue adds its own dataclass to this tree) and the data
+pipeline's packing options (they arrive with `algoforge_jax/data/`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import types
+import typing
+from pathlib import Path
+
+from algoforge_jax.errors import UserError
+from algoforge_jax.models.qwen2 import PRESETS, Qwen2Config, preset
+from algoforge_jax.sharding import MeshConfig
+
+AGENTS = ("planner", "coder")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The architecture to train, or where to start from. Defaults: a random ~1M-parameter model."""
+
+    preset: str = ""  # a name from models.qwen2.PRESETS; "" uses the size fields below
+    vocab_size: int = 1024  # used when preset is ""
+    hidden_size: int = 128  # used when preset is ""
+    intermediate_size: int = 384  # used when preset is ""
+    num_layers: int = 4  # used when preset is ""
+    num_heads: int = 4  # used when preset is ""
+    num_kv_heads: int = 2  # used when preset is ""
+    max_position_embeddings: int = 2048  # used when preset is ""
+    tie_word_embeddings: bool = True  # used when preset is ""
+    dtype: str = "float32"  # compute dtype of activations and matmuls (bfloat16 on accelerators)
+    param_dtype: str = "float32"  # dtype of the master weights the optimizer updates
+    seed: int = 0  # random init seed when an agent has no init checkpoint
+
+    def qwen2(self) -> Qwen2Config:
+        """The model's Qwen2Config, validated (a bad preset or dtype is a one-line error)."""
+        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        try:
+            if self.preset:
+                return preset(self.preset, **dtypes)
+            return Qwen2Config(self.vocab_size, self.hidden_size, self.intermediate_size, self.num_layers,
+                               self.num_heads, self.num_kv_heads, self.max_position_embeddings,
+                               tie_word_embeddings=self.tie_word_embeddings, **dtypes)
+        except ValueError as e:
+            raise UserError(f"config model: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    """What one agent (Planner or Coder) trains on and starts from; both agents are instances of this class."""
+
+    train_data: str = ""  # JSONL of training rows (planner: task_id, problem, plan; coder: ... plus code)
+    eval_data: str = ""  # JSONL of held-out rows for the periodic held-out loss; "" skips it
+    init: str = ""  # model to start from (HF directory or orbax checkpoint); "" = random init from `model`
+    tokenizer: str = ""  # tokenizer directory; "" = the init model's tokenizer, else the byte-level fallback
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Shapes of the batches the train step sees (fixed, so the step compiles once)."""
+
+    seq_len: int = 256  # tokens per row; longer rendered rows are cut, shorter ones padded
+    batch_size: int = 16  # rows per optimizer step (the whole accumulated batch)
+    eval_batches: int = 2  # batches of held-out rows averaged for the held-out loss
+    seed: int = 0  # data order seed (epochs are reshuffled from it)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimizer, schedule and loop. The learning rate warms up linearly, then decays on a cosine to the end."""
+
+    steps: int = 200  # optimizer steps
+    learning_rate: float = 1e-3  # peak learning rate
+    warmup_steps: int = 20  # linear warmup from 0 to learning_rate
+    end_lr_ratio: float = 0.1  # final learning rate as a fraction of the peak
+    weight_decay: float = 0.01  # AdamW decoupled decay, applied to matrices only (not norms or biases)
+    b1: float = 0.9  # Adam first-moment decay
+    b2: float = 0.95  # Adam second-moment decay
+    eps: float = 1e-8  # Adam epsilon
+    max_grad_norm: float = 1.0  # global-norm clipping threshold; 0 disables clipping
+    grad_accum: int = 1  # micro-batches per step; batch_size must divide by it
+    logprob_chunk: int = 128  # sequence chunk of the log-prob head: bounds the fp32 [B, chunk, V] logits
+    checkpoint_every: int = 50  # save training state every K steps (and at the end, and on SIGTERM)
+    keep_checkpoints: int = 2  # how many training-state checkpoints to keep
+    eval_every: int = 50  # held-out loss every K steps (needs the agent's eval_data)
+    seed: int = 0  # RNG seed carried in the training state
+    peak_tflops: float = 0.0  # per-device peak for MFU; 0 = known accelerators' nominal bf16 peak, else no MFU
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The whole run: one tree, shared by every command."""
+
+    model: ModelConfig = ModelConfig()
+    mesh: MeshConfig = MeshConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    planner: AgentConfig = AgentConfig()
+    coder: AgentConfig = AgentConfig()
+
+    def agent(self, name: str) -> AgentConfig:
+        if name not in AGENTS:
+            raise UserError(f"unknown agent {name!r}; valid: {', '.join(AGENTS)}")
+        return getattr(self, name)
+
+
+def validate(cfg: Config) -> Config:
+    """Checks across fields, each a one-line error naming the field; run once the overrides are all applied."""
+    if cfg.model.preset and cfg.model.preset.lower() not in PRESETS:
+        raise UserError(f"config model.preset: unknown {cfg.model.preset!r}; known: {', '.join(sorted(PRESETS))}")
+    positive = {"train.steps": cfg.train.steps, "train.grad_accum": cfg.train.grad_accum,
+                "train.checkpoint_every": cfg.train.checkpoint_every, "train.keep_checkpoints": cfg.train.keep_checkpoints,
+                "train.eval_every": cfg.train.eval_every, "train.logprob_chunk": cfg.train.logprob_chunk,
+                "data.seq_len": cfg.data.seq_len, "data.batch_size": cfg.data.batch_size}
+    for key, value in positive.items():
+        if value < 1:
+            raise UserError(f"config {key}: must be >= 1, got {value}")
+    if cfg.data.batch_size % cfg.train.grad_accum:
+        raise UserError(f"config data.batch_size ({cfg.data.batch_size}) must be a multiple of train.grad_accum "
+                        f"({cfg.train.grad_accum})")
+    mesh = dataclasses.asdict(cfg.mesh)
+    if list(mesh.values()).count(-1) > 1 or any(v == 0 or v < -1 for v in mesh.values()):
+        raise UserError(f"config mesh: sizes must be positive with at most one -1 (all remaining devices), got {mesh}")
+    if cfg.train.warmup_steps < 0:
+        raise UserError(f"config train.warmup_steps: must be >= 0, got {cfg.train.warmup_steps}")
+    if cfg.train.learning_rate <= 0:
+        raise UserError(f"config train.learning_rate: must be > 0, got {cfg.train.learning_rate}")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def load(path, arg: str | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """`get_config(arg)` of the Python file at `path`, with `--set key=value` overrides applied in order."""
+    cfg = _call_get_config(Path(path), arg)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected key=value")
+        cfg = override(cfg, key.strip(), value.strip())
+    return validate(cfg)
+
+
+def _call_get_config(path: Path, arg: str | None) -> Config:
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file")
+    spec = importlib.util.spec_from_file_location(f"algoforge_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise UserError(f"{path}:{e.lineno}: {e.msg}") from None
+    if not callable(getattr(module, "get_config", None)):
+        raise UserError(f"{path}: defines no get_config(arg=None) function")
+    cfg = module.get_config(arg)
+    if not isinstance(cfg, Config):
+        raise UserError(f"{path}: get_config returned {type(cfg).__name__}, expected algoforge_jax.config.Config")
+    return cfg
+
+
+def override(cfg, key: str, value: str):
+    """A copy of `cfg` with the dotted `key` set to `value` (a string, coerced to the field's type)."""
+    return _override(cfg, key.split("."), value, key)
+
+
+def _override(node, parts: list[str], value: str, key: str, prefix: str = ""):
+    head, rest = parts[0], parts[1:]
+    fields = [f.name for f in dataclasses.fields(node)]
+    if head not in fields:
+        raise UserError(f"--set {key}: unknown key {prefix + head!r}; valid: {', '.join(prefix + f for f in fields)}")
+    current = getattr(node, head)
+    if dataclasses.is_dataclass(current):
+        if not rest:
+            names = ", ".join(f"{prefix}{head}.{f.name}" for f in dataclasses.fields(current))
+            raise UserError(f"--set {key}: {prefix + head!r} is a group; set one of its fields: {names}")
+        new = _override(current, rest, value, key, f"{prefix}{head}.")
+    elif rest:
+        raise UserError(f"--set {key}: {prefix + head!r} is a value, not a group")
+    else:
+        new = _coerce(value, typing.get_type_hints(type(node))[head], key)
+    try:
+        return dataclasses.replace(node, **{head: new})
+    except ValueError as e:  # a nested dataclass's own validation (e.g. MeshConfig)
+        raise UserError(f"--set {key}={value}: {e}") from None
+
+
+def _coerce(text: str, kind, key: str):
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        options = typing.get_args(kind)
+        if type(None) in options and text.lower() in ("none", "null"):
+            return None
+        kind = next(t for t in options if t is not type(None))
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        if kind is str:
+            return text
+    except ValueError:
+        raise UserError(f"--set {key}={text}: expected {kind.__name__}") from None
+    raise UserError(f"--set {key}: fields of type {kind} cannot be set from the command line")

@@ -1,0 +1,66 @@
+"""`algoforge sft --config F --agent planner|coder [--workdir D] [--set k=v ...]`: cold-start SFT of one agent.
+
+Thin: reads the config, builds the agent's batches, and hands them to `train.loop.train_sft`. Output goes to
+`D/sft-<agent>/` (checkpoints/, metrics.jsonl, tb/, model/); rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from algoforge_jax import config as config_lib
+from algoforge_jax.errors import UserError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="Python config file exposing get_config(arg=None)")
+    parser.add_argument("--config-arg", default=None, help="string passed to get_config")
+    parser.add_argument("--agent", required=True, choices=config_lib.AGENTS, help="which agent to train")
+    parser.add_argument("--workdir", default="workdir", help="run directory; output goes to WORKDIR/sft-AGENT")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a config field, e.g. --set train.steps=100 (repeatable)")
+
+
+def agent_batches(cfg: config_lib.Config, agent: str):
+    """(training batch iterator, held-out batches, tokenizer directory or None) for one agent.
+
+    The stand-in data source (see `train/input.py`): the agent's JSONL rows rendered with its tokenizer. The data
+    pipeline (`algoforge_jax/data/`: `sft_batches(source, tokenizer, agent, BatchSpec(batch_size, seq_len, seed))`,
+    whose per-process batches already have this contract's keys) replaces this function's body; the loop depends
+    only on what it returns.
+    """
+    from algoforge_jax.train.input import ArrayBatches, load_rows, render_rows
+
+    agent_cfg = cfg.agent(agent)
+    if not agent_cfg.train_data:
+        raise UserError(f"config {agent}.train_data is empty: set it to a JSONL of {agent} rows "
+                        f"(--set {agent}.train_data=PATH)")
+    tokenizer, tokenizer_dir = _tokenizer(agent_cfg)
+    train = render_rows(load_rows(agent_cfg.train_data, agent), agent, tokenizer, cfg.data.seq_len)
+    batches = ArrayBatches(train, cfg.data.batch_size, cfg.data.seed)
+    held_out = []
+    if agent_cfg.eval_data:
+        rows = render_rows(load_rows(agent_cfg.eval_data, agent), agent, tokenizer, cfg.data.seq_len)
+        fixed = ArrayBatches(rows, min(cfg.data.batch_size, len(rows["tokens"])), 0, shuffle=False)
+        held_out = [next(fixed) for _ in range(min(cfg.data.eval_batches, fixed.num_rows // fixed.batch_size))]
+    return batches, held_out, tokenizer_dir
+
+
+def _tokenizer(agent_cfg: config_lib.AgentConfig):
+    from algoforge_jax.checkpoints import tokenizer_dir
+    from algoforge_jax.tokenizer import load_tokenizer
+    from algoforge_jax.train.input import ByteTokenizer
+
+    source = agent_cfg.tokenizer or agent_cfg.init
+    if not source:
+        return ByteTokenizer(), None
+    return load_tokenizer(source), tokenizer_dir(source)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = config_lib.load(args.config, args.config_arg, args.overrides)
+    from algoforge_jax.train.loop import train_sft
+
+    batches, held_out, tokenizer_dir = agent_batches(cfg, args.agent)
+    return train_sft(cfg, args.agent, Path(args.workdir) / f"sft-{args.agent}", batches, held_out, tokenizer_dir)

@@ -1,0 +1,139 @@
+"""What the trainer eats: an iterator of fixed-shape numpy batches, and a stand-in source of them.
+
+The batch contract (every trainer in `train/` and `rl/` takes this):
+    {"tokens":    int32 [B, T]  token ids, padding anywhere (right-padded by the sources here),
+     "loss_mask": int32 [B, T]  1 on the tokens to predict (the assistant's tokens), 0 elsewhere,
+     "valid":     bool  [B, T]  False on padding; positions are counted over valid tokens only}
+`loss_mask[b, t] = 1` asks the model to predict `tokens[b, t]` from `tokens[b, :t]` (see `train/logprobs.py`).
+B and T are the same for every batch so the step compiles once. Each process yields only its own rows, B =
+global batch / process count (`algoforge_jax/data/`'s `sft_batches` does exactly this); the loop assembles the
+global batch with `jax.make_array_from_process_local_data`.
+
+The iterator must have `get_state() -> dict` (JSON-able) and `set_state(dict)`: its position is saved in every
+checkpoint. `ContractBatches` wraps a grain iterator whose batches name the mask `assistant_mask` or lack `valid`.
+
+`ArrayBatches` + `render_rows` + `load_rows` are a minimal stand-in for `algoforge_jax/data/` (grain over TFDS
+array_record with the sentencepiece tokenizer and the real chat prompts): a bare ChatML turn per row, no system
+prompt, any tokenizer with `encode(text) -> list[int]`. `ByteTokenizer` is the fallback for random-init models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import jax
+import numpy as np
+
+from algoforge_jax.errors import UserError
+from algoforge_jax.jsonl import read_jsonl
+
+ROW_FIELDS = {"planner": ("task_id", "problem", "plan"), "coder": ("task_id", "problem", "plan", "code")}
+
+
+class Encoder(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes shifted by one (id 0 is padding): 257 ids, no training, works for any text."""
+
+    vocab_size = 257
+
+    def encode(self, text: str) -> list[int]:
+        return [b + 1 for b in text.encode("utf-8")]
+
+    def decode(self, ids) -> str:
+        return bytes(i - 1 for i in ids if 0 < i < 257).decode("utf-8", errors="replace")
+
+
+def load_rows(path, agent: str) -> list[dict]:
+    """Planner rows {task_id, problem, plan} or Coder rows {..., code}; errors name file:line and the field."""
+    rows = []
+    for where, row in read_jsonl(path):
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: expected a JSON object")
+        for field in ROW_FIELDS[agent]:
+            if not isinstance(row.get(field), str) or not row[field]:
+                raise UserError(f"{where}: field {field!r} must be a non-empty string")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path}: no rows")
+    return rows
+
+
+def render_rows(rows: list[dict], agent: str, tokenizer: Encoder, seq_len: int) -> dict[str, np.ndarray]:
+    """One ChatML user/assistant turn per row -> {tokens, loss_mask, valid} of shape [N, seq_len] (cut or padded)."""
+    tokens = np.zeros((len(rows), seq_len), np.int32)
+    loss_mask = np.zeros((len(rows), seq_len), np.int32)
+    valid = np.zeros((len(rows), seq_len), bool)
+    for i, row in enumerate(rows):
+        user = row["problem"] if agent == "planner" else f"{row['problem']}\n\nPlan:\n{row['plan']}"
+        answer = row["plan"] if agent == "planner" else f"```python\n{row['code']}\n```"
+        prompt = tokenizer.encode(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+        ids = (prompt + tokenizer.encode(f"{answer}<|im_end|>"))[:seq_len]
+        tokens[i, : len(ids)] = ids
+        loss_mask[i, len(prompt): len(ids)] = 1
+        valid[i, : len(ids)] = True
+    return {"tokens": tokens, "loss_mask": loss_mask, "valid": valid}
+
+
+class ArrayBatches(Iterator[dict]):
+    """Endless global batches of `batch_size` rows of in-memory examples, each epoch in a fresh seeded order.
+
+    The state is (epoch, index of the next row in that epoch's order): enough to continue exactly.
+    """
+
+    def __init__(self, examples: dict[str, np.ndarray], batch_size: int, seed: int, shuffle: bool = True):
+        self.examples, self.batch_size, self.seed, self.shuffle = examples, batch_size, seed, shuffle
+        self.num_rows = len(examples["tokens"])
+        if self.num_rows < batch_size:
+            raise UserError(f"dataset has {self.num_rows} rows, fewer than one batch of {batch_size}")
+        self.epoch, self.index = 0, 0
+
+    def _order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.num_rows)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.num_rows)
+
+    def __next__(self) -> dict:
+        """This process's contiguous share of the next global batch, so the global batch (and the data order) is
+        the same whatever the process count."""
+        if self.index + self.batch_size > self.num_rows:  # drop the ragged tail: every batch is full
+            self.epoch, self.index = self.epoch + 1, 0
+        rows = self._order()[self.index: self.index + self.batch_size]
+        self.index += self.batch_size
+        share = self.batch_size // jax.process_count()
+        rows = rows[jax.process_index() * share: (jax.process_index() + 1) * share]
+        return {k: v[rows] for k, v in self.examples.items()}
+
+    def get_state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def set_state(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+def conform(batch: dict) -> dict[str, np.ndarray]:
+    """A batch in the contract's keys and dtypes, from one that may call the mask `assistant_mask` and may lack
+    `valid` (then the valid positions are those with a non-zero token or a mask bit: pad id 0)."""
+    mask = np.asarray(batch["loss_mask"] if "loss_mask" in batch else batch["assistant_mask"])
+    tokens = np.asarray(batch["tokens"])
+    valid = np.asarray(batch["valid"]) if "valid" in batch else (tokens != 0) | (mask != 0)
+    return {"tokens": tokens.astype(np.int32), "loss_mask": mask.astype(np.int32), "valid": valid.astype(bool)}
+
+
+class ContractBatches(Iterator[dict]):
+    """Adapts any iterator of dict batches with get_state/set_state (a grain DatasetIterator) to the contract."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __next__(self) -> dict:
+        return conform(next(self.source))
+
+    def get_state(self) -> dict:
+        return self.source.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.source.set_state(state)

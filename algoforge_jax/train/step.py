@@ -1,0 +1,87 @@
+"""The SFT train step: token-mean cross-entropy on the loss-mask tokens, gradient accumulation, one optimizer update.
+
+The loss is a mean over every loss-mask token of the whole (accumulated) batch, not a mean of micro-batch means:
+each micro-batch contributes its *sum* of token losses and its token count, the gradients of the sums are added,
+and one division by the total count follows. So 2 micro-batches of 4 rows give the same update as one batch of 8
+whatever their token counts. Pure functions returning `(value, metrics)`; `make_train_step` jits one over the mesh.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from algoforge_jax import sharding
+from algoforge_jax.train.logprobs import sequence_logprobs
+from algoforge_jax.train.state import TrainState
+
+BATCH_KEYS = ("tokens", "loss_mask", "valid")
+
+
+def loss_sums(graphdef, params, batch: dict, chunk_len: int):
+    """(sum of -log p over loss-mask tokens, number of those tokens) for one batch."""
+    logp_BT = sequence_logprobs(nnx.merge(graphdef, params), batch["tokens"], batch["valid"], chunk_len)
+    mask_BT = batch["loss_mask"].astype(jnp.float32)
+    return -(logp_BT * mask_BT).sum(), mask_BT.sum()
+
+
+def _micro_batches(batch: dict, n: int, mesh: Mesh, rules) -> dict:
+    """[B, T] -> [n, B/n, T] with micro-batch i = rows i, i+n, ...: each micro-batch keeps the batch sharding."""
+    def split(x_BT):
+        B, T = x_BT.shape
+        x_AnT = x_BT.reshape(B // n, n, T).swapaxes(0, 1)
+        target = sharding.named_sharding((None, "batch", None), rules, mesh, x_AnT.shape)
+        return jax.lax.with_sharding_constraint(x_AnT, target)
+    return {k: split(batch[k]) for k in BATCH_KEYS}
+
+
+def grads_and_sums(graphdef, params, batch: dict, *, accum: int, chunk_len: int, mesh: Mesh, rules):
+    """Summed gradients of the token-loss sum over `accum` micro-batches, the loss sum and the token count."""
+    grad_fn = jax.value_and_grad(loss_sums, argnums=1, has_aux=True)
+    if accum == 1:
+        (loss_sum, count), grads = grad_fn(graphdef, params, batch, chunk_len)
+        return grads, loss_sum, count
+
+    def body(carry, micro):
+        grads, loss_sum, count = carry
+        (l, c), g = grad_fn(graphdef, params, micro, chunk_len)
+        return (jax.tree.map(jnp.add, grads, g), loss_sum + l, count + c), None
+
+    zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+    (grads, loss_sum, count), _ = jax.lax.scan(body, zeros, _micro_batches(batch, accum, mesh, rules))
+    return grads, loss_sum, count
+
+
+def train_step(graphdef, tx: optax.GradientTransformation, schedule, state: TrainState, batch: dict, *,
+               accum: int, chunk_len: int, mesh: Mesh, rules) -> tuple[TrainState, dict]:
+    """One optimizer step on a [B, T] batch; metrics are scalars computed before the update (loss) or of it."""
+    grads, loss_sum, count = grads_and_sums(graphdef, state.params, batch, accum=accum, chunk_len=chunk_len,
+                                            mesh=mesh, rules=rules)
+    denom = jnp.maximum(count, 1.0)
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss_sum / denom, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step),
+               "loss_tokens": count}
+    return TrainState(state.step + 1, params, opt_state, state.rng), metrics
+
+
+def make_train_step(graphdef, tx, schedule, shardings: TrainState, mesh: Mesh, rules, *, accum: int,
+                    chunk_len: int):
+    """The jitted step `(state, batch) -> (state, metrics)` with state and batch donated (updated in place)."""
+    batch_sh = {k: sharding.batch_sharding(mesh, rules) for k in BATCH_KEYS}
+    fn = functools.partial(train_step, graphdef, tx, schedule, accum=accum, chunk_len=chunk_len, mesh=mesh,
+                           rules=rules)
+    return jax.jit(fn, in_shardings=(shardings, batch_sh), out_shardings=(shardings, None), donate_argnums=(0, 1))
+
+
+def make_eval_step(graphdef, shardings: TrainState, mesh: Mesh, rules, *, chunk_len: int):
+    """The jitted `(params, batch) -> (loss sum, token count)` of a held-out batch."""
+    batch_sh = {k: sharding.batch_sharding(mesh, rules) for k in BATCH_KEYS}
+    fn = functools.partial(loss_sums, graphdef, chunk_len=chunk_len)
+    return jax.jit(fn, in_shardings=(shardings.params, batch_sh))
