@@ -114,8 +114,8 @@ class RLConfig:
     top_p: float = 1.0  # nucleus sampling of both agents during rollouts; 1 = off
     planner_prompt_len: int = 64  # prompt width (left-padded); fixed, so the sampler and the update compile once
     planner_max_new_tokens: int = 64  # plan budget; responses are padded to it
-    coder_prompt_len: int = 128
-    coder_max_new_tokens: int = 96
+    coder_prompt_len: int = 128  # as planner_prompt_len, for the Coder (whose prompt holds the plan)
+    coder_max_new_tokens: int = 96  # program budget
     learning_rate: float = 1e-4  # constant after warmup_steps (optimizer updates)
     warmup_steps: int = 0
     grad_accum: int = 1  # micro-batches per update; every agent's batch (P*Gp, P*Gp*Gc rows) must divide by it

@@ -84,7 +84,8 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
         same = jax.tree.map(lambda x, y: bool(np.array_equal(np.asarray(x), np.asarray(y))),
                             jax.device_get(jax.tree.leaves(a)), jax.device_get(jax.tree.leaves(b)))
         assert all(same), agent
-    rows = [[json.loads(line) for line in (w / "rl" / "metrics.jsonl").read_text().splitlines()] for w in (whole, resumed)]
+    rows = [[json.loads(line) for line in (w / "rl" / "metrics.jsonl").read_text().splitlines()]
+            for w in (whole, resumed)]
     assert [r["step"] for r in rows[1]] == [1, 2, 3]
     for key in ("coder/reward_mean", "planner/loss", "coder/loss", "coder/kl"):
         assert [r[key] for r in rows[0]] == [r[key] for r in rows[1]], key

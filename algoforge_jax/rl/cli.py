@@ -18,7 +18,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="workdir", help="run directory; output goes to WORKDIR/rl")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config field, e.g. --set rl.steps=40 --set rl.grpo.kl_coef=0 (repeatable)")
-    parser.add_argument("--planner", default=None, help="Planner model to start from (default WORKDIR/sft-planner/model)")
+    parser.add_argument("--planner", default=None,
+                        help="Planner model to start from (default WORKDIR/sft-planner/model)")
     parser.add_argument("--coder", default=None, help="Coder model to start from (default WORKDIR/sft-coder/model)")
 
 

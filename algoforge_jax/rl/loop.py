@@ -241,8 +241,8 @@ def _write_eval(out: Path, report: dict, when: str) -> None:
     (out / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
     if jax.process_index() == 0:
         r = report[when]
-        print(f"rl: held-out pass@1 {when} RL: {r['pass_at_1']:.3f} ({r['problems']} problems, "
-              f"{'greedy' if r['temperature'] == 0 else 'T=%g, %d samples each' % (r['temperature'], r['samples_per_problem'])})")
+        how = "greedy" if r["temperature"] == 0 else f"T={r['temperature']:g}, {r['samples_per_problem']} samples each"
+        print(f"rl: held-out pass@1 {when} RL: {r['pass_at_1']:.3f} ({r['problems']} problems, {how})")
 
 
 def _run(cfg: Config, agents, state, chat, problems, order, judge, ckpts, writer, mesh, start: int):
