@@ -47,7 +47,7 @@ def agent_batches(cfg: config_lib.Config, agent: str, workdir=None):
 
 def embedded_batches(cfg: config_lib.Config, agent: str, data_dir: Path):
     """`agent_batches` for the embedded default: its train split shuffled by `data.seed`, and the first
-    `data.eval_batches` batches of its held-out split in a fixed order."""
+    `data.eval_batches` batches of its held-out split (shuffled by the same seed, so the same rows every run)."""
     from algoforge_jax.data.datasets import BatchSpec, open_split, sft_batches
     from algoforge_jax.data.embedded import build_embedded
     from algoforge_jax.tokenizer import SENTENCEPIECE_FILE, SentencePieceTokenizer
