@@ -31,7 +31,7 @@ from algoforge_jax.rl.grpo import GRPOConfig
 
 def get_config(arg=None):
     return Config(model=ModelConfig(**{model!r}),
-                  rl=RLConfig(steps=3, problems_per_step=2, num_plans=2, num_programs=2, planner_prompt_len=64,
+                  rl=RLConfig(steps=3, problems_per_step=4, num_plans=2, num_programs=2, planner_prompt_len=64,
                               planner_max_new_tokens=12, coder_prompt_len=256, coder_max_new_tokens=12,
                               learning_rate=1e-2, checkpoint_every=1, keep_checkpoints=5,
                               grpo=GRPOConfig(kl_coef=0.04, num_iterations=2),

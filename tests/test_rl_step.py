@@ -20,7 +20,8 @@ from algoforge_jax.data import synthetic
 from algoforge_jax.data.embedded import build_embedded
 from algoforge_jax.models.build import abstract_model, init_model
 from algoforge_jax.rl import grpo
-from algoforge_jax.rl.loop import make_chat, rl_train_config, rollout_config
+from algoforge_jax.errors import UserError
+from algoforge_jax.rl.loop import check_batch_split, make_chat, rl_train_config, rollout_config
 from algoforge_jax.rl.rollout import Policy, rollout
 from algoforge_jax.rl.step import make_update, reference_logprobs, rl_update, sampler_params, update_batch
 from algoforge_jax.sampling import Sampler, SamplerConfig
@@ -172,3 +173,11 @@ def test_bad_set_keys_fail_with_one_line(capsys):
         assert cli_main(["rl", "--config", "configs/tiny.py", "--set", bad]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("algoforge rl: error: ") and "\n" not in err, err
+
+
+def test_rows_that_do_not_split_over_the_mesh_fail_with_one_line():
+    check_batch_split(RL, 4)  # 4 plans and 8 programs a step over 4 batch shards
+    with pytest.raises(UserError, match="planner's 4 rows per step"):
+        check_batch_split(RL, 8)
+    with pytest.raises(UserError, match="planner's 8 rows per step .* grad_accum 2"):
+        check_batch_split(dataclasses.replace(RL, num_plans=4, grad_accum=2), 8)

@@ -184,6 +184,7 @@ def run_rl(cfg: Config, workdir, planner: str | None = None, coder: str | None =
     from eval.sandbox import Sandbox
 
     mesh = sharding.make_mesh(cfg.mesh)
+    check_batch_split(cfg.rl, sharding.batch_shards(mesh, sharding.TRAIN_RULES))
     tokenizer = open_tokenizer(inits["coder"])
     chat = make_chat(tokenizer)
     train_problems = load_problems(cfg.rl.problems, "train", workdir)
@@ -215,6 +216,16 @@ def run_rl(cfg: Config, workdir, planner: str | None = None, coder: str | None =
             checkpoints.save_model(out / name / "model", nnx.merge(agent.update.graphdef, state[name].params),
                                    tokenizer_dir=checkpoints.sidecar_dir(agent.init))
     return 0
+
+
+def check_batch_split(rl: RLConfig, shards: int) -> None:
+    """Each agent's micro-batch (its rows per step / rl.grad_accum) must split evenly over the mesh's batch axes;
+    the Coder has num_programs times the Planner's rows, so checking the Planner's suffices."""
+    plans = rl.problems_per_step * rl.num_plans
+    if plans % (rl.grad_accum * shards):
+        raise UserError(f"config rl: the planner's {plans} rows per step (problems_per_step x num_plans) / "
+                        f"grad_accum {rl.grad_accum} do not split over the mesh's {shards} batch shards; change "
+                        f"rl.problems_per_step or the mesh")
 
 
 def _abstract(state: dict[str, TrainState]):
