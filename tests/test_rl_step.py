@@ -69,6 +69,7 @@ def _sampler(update, model_cfg, mesh, tokenizer, prompt_len, max_new):
     return Sampler(update.graphdef, model_cfg, mesh, cfg, sharding.SAMPLE_RULES)
 
 
+@pytest.mark.slow  # compiles two samplers and two updates: ~4 min on the loaded 2-core machine
 def test_first_pass_is_on_policy_and_weights_reach_the_sampler_without_recompiling(data, tokenizer, mesh):
     """On a real rollout the first inner pass has ρ = 1 (≤ 1e-5) for both agents, the reference (equal to the
     starting weights) gives KL 0, the second pass moves ρ; then the updated weights sample through the same
@@ -114,6 +115,7 @@ def _toy_batch(rng, B=8, L=8, T=6, empty_row=2):
             "advantages": rng.normal(0, 1, B).astype(np.float32)}
 
 
+@pytest.mark.slow  # compiles three update variants
 def test_accumulation_and_passes_equal_the_whole_batch(mesh, loss_agg="seq-mean-token-mean"):
     """Two micro-batches give the whole batch's update (normalised over the whole batch, so a micro-batch holding
     the empty row weighs what it should: with seq-mean-token-mean a mean of the micro-batches' means would not);
