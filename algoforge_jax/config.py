@@ -7,8 +7,9 @@ merging of files and no YAML: a file that wants a variant builds it with `datacl
 
 Planner and Coder share one code path: the tree has one `model`, `train` and `mesh` for both agents and two
 instances of `AgentConfig` (`planner`, `coder`) for what differs between them (their data and starting weights).
-Left out on purpose: the RL stage's knobs (the GRPO issue adds its own dataclass to this tree) and the data
-pipeline's packing options (they arrive with `algoforge_jax/data/`).
+The RL stage's knobs are `rl` (`RLConfig`), whose loss and reward groups are `rl/grpo.py`'s `GRPOConfig` and
+`rl/rewards.py`'s `RewardConfig` themselves (validated by their own constructors). Left out on purpose: the data
+pipeline's packing options.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 
 from algoforge_jax.errors import UserError
 from algoforge_jax.models.qwen2 import PRESETS, Qwen2Config, preset
+from algoforge_jax.rl.grpo import GRPOConfig
+from algoforge_jax.rl.rewards import RewardConfig
 from algoforge_jax.sharding import MeshConfig
 
 AGENTS = ("planner", "coder")
@@ -99,6 +102,38 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """Collaborative GRPO (`algoforge rl`): what each step draws, how it is rewarded, and the optimizer of both agents
+    (the `train` group's AdamW and clipping, with this group's learning rate and schedule length)."""
+
+    steps: int = 30  # RL steps; each is one rollout and num_iterations optimizer updates of each agent
+    problems_per_step: int = 8  # P: problems drawn per step (in a seeded order, epoch after epoch)
+    num_plans: int = 4  # Gp: plans per problem (one planner group)
+    num_programs: int = 4  # Gc: programs per plan (one coder group)
+    temperature: float = 1.0  # sampling temperature of both agents during rollouts
+    top_p: float = 1.0  # nucleus sampling of both agents during rollouts; 1 = off
+    planner_prompt_len: int = 64  # prompt width (left-padded); fixed, so the sampler and the update compile once
+    planner_max_new_tokens: int = 64  # plan budget; responses are padded to it
+    coder_prompt_len: int = 128  # as planner_prompt_len, for the Coder (whose prompt holds the plan)
+    coder_max_new_tokens: int = 96  # program budget
+    learning_rate: float = 1e-4  # constant after warmup_steps (optimizer updates)
+    warmup_steps: int = 0
+    grad_accum: int = 1  # micro-batches per update; every agent's batch (P*Gp, P*Gp*Gc rows) must divide by it
+    dynamic_sampling: bool = False  # redraw problems whose programs all earn one reward (see rl/rollout.py)
+    grpo: GRPOConfig = GRPOConfig()
+    reward: RewardConfig = RewardConfig()
+    problems: str = ""  # training problems (the SPEC's jsonl); "" = the embedded default's train split
+    eval_problems: str = ""  # held-out problems; "" = the embedded default's held-out split
+    eval_limit: int = 0  # held-out problems evaluated before and after (the first N); 0 = all
+    eval_temperature: float = 0.0  # held-out pass@1 decoding of both agents: 0 = greedy, else sampled
+    eval_samples: int = 1  # plan -> program chains per held-out problem (pass@1 is their mean); 1 when greedy
+    checkpoint_every: int = 5  # save both agents' training state every K steps (and at the end, and on SIGTERM)
+    keep_checkpoints: int = 2
+    sandbox_workers: int = 2  # sandbox worker processes judging programs
+    seed: int = 0  # problem order and sampling seeds
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole run: one tree, shared by every command."""
 
@@ -108,6 +143,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     planner: AgentConfig = AgentConfig()
     coder: AgentConfig = AgentConfig()
+    rl: RLConfig = RLConfig()
 
     def agent(self, name: str) -> AgentConfig:
         if name not in AGENTS:
@@ -126,6 +162,20 @@ def validate(cfg: Config) -> Config:
     for key, value in positive.items():
         if value < 1:
             raise UserError(f"config {key}: must be >= 1, got {value}")
+    rl = cfg.rl
+    for key in ("steps", "problems_per_step", "num_plans", "num_programs", "planner_prompt_len",
+                "planner_max_new_tokens", "coder_prompt_len", "coder_max_new_tokens", "grad_accum", "eval_samples",
+                "checkpoint_every", "keep_checkpoints", "sandbox_workers"):
+        if getattr(rl, key) < 1:
+            raise UserError(f"config rl.{key}: must be >= 1, got {getattr(rl, key)}")
+    if not (rl.temperature > 0 and 0 < rl.top_p <= 1 and rl.eval_temperature >= 0 and rl.learning_rate > 0):
+        raise UserError(f"config rl: need temperature > 0, 0 < top_p <= 1, eval_temperature >= 0 and "
+                        f"learning_rate > 0, got {rl.temperature}, {rl.top_p}, {rl.eval_temperature}, "
+                        f"{rl.learning_rate}")
+    planner_rows = rl.problems_per_step * rl.num_plans
+    if planner_rows % rl.grad_accum or planner_rows * rl.num_programs % rl.grad_accum:
+        raise UserError(f"config rl.grad_accum ({rl.grad_accum}) must divide both agents' rows per step "
+                        f"({planner_rows} plans, {planner_rows * rl.num_programs} programs)")
     if cfg.data.batch_size % cfg.train.grad_accum:
         raise UserError(f"config data.batch_size ({cfg.data.batch_size}) must be a multiple of train.grad_accum "
                         f"({cfg.train.grad_accum})")

@@ -22,20 +22,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="override a config field, e.g. --set train.steps=100 (repeatable)")
 
 
-def agent_batches(cfg: config_lib.Config, agent: str):
+def agent_batches(cfg: config_lib.Config, agent: str, workdir=None):
     """(training batch iterator, held-out batches, tokenizer directory or None) for one agent.
 
-    The stand-in data source (see `train/input.py`): the agent's JSONL rows rendered with its tokenizer. The data
-    pipeline (`algoforge_jax/data/`: `sft_batches(source, tokenizer, agent, BatchSpec(batch_size, seq_len, seed))`,
-    whose per-process batches already have this contract's keys) replaces this function's body; the loop depends
-    only on what it returns.
+    With `<agent>.train_data` set: the stand-in data source (see `train/input.py`), the agent's JSONL rows rendered
+    with its tokenizer. With it empty: the embedded default, built once under `workdir/data` (`data.embedded`),
+    read through grain (`data.datasets.sft_batches`, compact prompts, its sentencepiece tokenizer).
     """
     from algoforge_jax.train.input import ArrayBatches, load_rows, render_rows
 
     agent_cfg = cfg.agent(agent)
     if not agent_cfg.train_data:
-        raise UserError(f"config {agent}.train_data is empty: set it to a JSONL of {agent} rows "
-                        f"(--set {agent}.train_data=PATH)")
+        return embedded_batches(cfg, agent, Path(workdir or "workdir") / "data")
     tokenizer, tokenizer_dir = _tokenizer(agent_cfg)
     train = render_rows(load_rows(agent_cfg.train_data, agent), agent, tokenizer, cfg.data.seq_len)
     batches = ArrayBatches(train, cfg.data.batch_size, cfg.data.seed)
@@ -45,6 +43,25 @@ def agent_batches(cfg: config_lib.Config, agent: str):
         fixed = ArrayBatches(rows, min(cfg.data.batch_size, len(rows["tokens"])), 0, shuffle=False)
         held_out = [next(fixed) for _ in range(min(cfg.data.eval_batches, fixed.num_rows // fixed.batch_size))]
     return batches, held_out, tokenizer_dir
+
+
+def embedded_batches(cfg: config_lib.Config, agent: str, data_dir: Path):
+    """`agent_batches` for the embedded default: its train split shuffled by `data.seed`, and the first
+    `data.eval_batches` batches of its held-out split (shuffled by the same seed, so the same rows every run)."""
+    from algoforge_jax.data.datasets import BatchSpec, open_split, sft_batches
+    from algoforge_jax.data.embedded import build_embedded
+    from algoforge_jax.tokenizer import SENTENCEPIECE_FILE, SentencePieceTokenizer
+
+    data = build_embedded(data_dir)
+    tokenizer = SentencePieceTokenizer(data.tokenizer_dir / SENTENCEPIECE_FILE)
+    if tokenizer.vocab_size > cfg.model.qwen2().vocab_size:
+        raise UserError(f"config model.vocab_size {cfg.model.qwen2().vocab_size} is smaller than the embedded "
+                        f"default's tokenizer ({tokenizer.vocab_size} pieces)")
+    spec = BatchSpec(cfg.data.batch_size, cfg.data.seq_len, cfg.data.seed, compact=True)
+    batches = sft_batches(open_split(data.tfds[agent], "train"), tokenizer, agent, spec)
+    fixed = sft_batches(open_split(data.tfds[agent], "heldout"), tokenizer, agent, spec)
+    held_out = [next(fixed) for _ in range(cfg.data.eval_batches)]
+    return batches, held_out, data.tokenizer_dir
 
 
 def _tokenizer(agent_cfg: config_lib.AgentConfig):
@@ -62,5 +79,5 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_lib.load(args.config, args.config_arg, args.overrides)
     from algoforge_jax.train.loop import train_sft
 
-    batches, held_out, tokenizer_dir = agent_batches(cfg, args.agent)
+    batches, held_out, tokenizer_dir = agent_batches(cfg, args.agent, args.workdir)
     return train_sft(cfg, args.agent, Path(args.workdir) / f"sft-{args.agent}", batches, held_out, tokenizer_dir)

@@ -30,14 +30,13 @@ def loss_sums(graphdef, params, batch: dict, chunk_len: int):
     return -(logp_BT * mask_BT).sum(), mask_BT.sum()
 
 
-def _micro_batches(batch: dict, n: int, mesh: Mesh, rules) -> dict:
-    """[B, T] -> [n, B/n, T] with micro-batch i = rows i, i+n, ...: each micro-batch keeps the batch sharding."""
-    def split(x_BT):
-        B, T = x_BT.shape
-        x_AnT = x_BT.reshape(B // n, n, T).swapaxes(0, 1)
-        target = sharding.named_sharding((None, "batch", None), rules, mesh, x_AnT.shape)
-        return jax.lax.with_sharding_constraint(x_AnT, target)
-    return {k: split(batch[k]) for k in BATCH_KEYS}
+def micro_batches(batch: dict, n: int, mesh: Mesh, rules) -> dict:
+    """Every [B, ...] array -> [n, B/n, ...] with micro-batch i = rows i, i+n, ...: each keeps the batch sharding."""
+    def split(x_B):
+        x_nA = x_B.reshape(x_B.shape[0] // n, n, *x_B.shape[1:]).swapaxes(0, 1)
+        target = sharding.named_sharding((None, "batch") + (None,) * (x_B.ndim - 1), rules, mesh, x_nA.shape)
+        return jax.lax.with_sharding_constraint(x_nA, target)
+    return {k: split(v) for k, v in batch.items()}
 
 
 def grads_and_sums(graphdef, params, batch: dict, *, accum: int, chunk_len: int, mesh: Mesh, rules):
@@ -53,7 +52,7 @@ def grads_and_sums(graphdef, params, batch: dict, *, accum: int, chunk_len: int,
         return (jax.tree.map(jnp.add, grads, g), loss_sum + l, count + c), None
 
     zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-    (grads, loss_sum, count), _ = jax.lax.scan(body, zeros, _micro_batches(batch, accum, mesh, rules))
+    (grads, loss_sum, count), _ = jax.lax.scan(body, zeros, micro_batches(batch, accum, mesh, rules))
     return grads, loss_sum, count
 
 
