@@ -1,0 +1,53 @@
+"""`algoforge run`: the whole pipeline on a shrunken embedded default, its report, and a rerun that skips."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--set", "train.steps=3", "--set", "train.checkpoint_every=2", "--set", "train.eval_every=2",
+         "--set", "rl.steps=2", "--set", "rl.checkpoint_every=1", "--set", "rl.problems_per_step=2",
+         "--set", "rl.num_plans=2", "--set", "rl.num_programs=2", "--set", "rl.eval_limit=4"]
+
+
+def _run(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "algoforge_jax", "run", "--config", str(REPO / "configs" / "tiny.py"),
+           "--workdir", str(workdir), *SMALL, *extra]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+
+
+@pytest.mark.slow
+def test_pipeline_writes_the_report_and_a_rerun_skips_every_stage(tmp_path):
+    first = _run(tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for path in ("data/problems/heldout.jsonl", "sft-planner/model", "sft-coder/model", "sft-planner/metrics.jsonl",
+                 "rl/planner/model", "rl/coder/model", "rl/metrics.jsonl", "rl/eval.json", "report.md"):
+        assert (tmp_path / path).exists(), path
+    report = json.loads((tmp_path / "report.json").read_text())
+    evaluation = json.loads((tmp_path / "rl" / "eval.json").read_text())
+    scores = report["pass@1"]["synthetic-heldout"]["planner-coder"]
+    assert scores == {"sft": evaluation["before"]["pass_at_1"], "rl": evaluation["after"]["pass_at_1"]}
+    stages = json.loads((tmp_path / "run.json").read_text())["stage_seconds"]
+    assert set(stages) == {"data", "sft-planner", "sft-coder", "rl", "report"}
+    assert report["wall_s"] == pytest.approx(sum(stages.values()), abs=1e-2)
+    assert [json.loads(l)["step"] for l in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+    model_files = sorted(p.stat().st_mtime_ns for p in (tmp_path / "rl").rglob("*") if p.is_file()
+                         and "model" in p.parts)
+    again = _run(tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage in ("data", "sft-planner", "sft-coder", "rl"):
+        assert f"{stage}: done earlier, skipped" in again.stderr
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "rl").rglob("*") if p.is_file()
+                  and "model" in p.parts) == model_files
+    assert json.loads((tmp_path / "report.json").read_text())["pass@1"] == report["pass@1"]
+
+
+def test_run_refuses_own_data_and_bad_keys(tmp_path):
+    own = _run(tmp_path, "--set", "planner.train_data=rows.jsonl")
+    assert own.returncode == 2 and own.stderr.strip().count("\n") == 0 and "embedded default" in own.stderr
+    bad = _run(tmp_path, "--set", "rl.stepz=3")
+    assert bad.returncode == 2 and "rl.stepz" in bad.stderr
