@@ -25,44 +25,22 @@ the frozen start. Rows are 1024 tokens: the model keeps every layer's attention 
 prints the memory table of each variant (also in the README); both fit with fsdp x tensor sharding alone.
 """
 
-from algoforge_jax.config import AgentConfig, Config, DataConfig, ModelConfig, TrainConfig
-from algoforge_jax.errors import UserError
+from algoforge_jax import paper_configs
+from algoforge_jax.config import Config
 from algoforge_jax.memory import RolloutShape
 from algoforge_jax.sharding import MeshConfig
 
 MODEL = "models/Qwen2.5-Coder-14B-Instruct"  # HF directory (or orbax checkpoint) both agents start from
-# variant -> (mesh, SFT rows a step, tokens a row, RL problems a step)
+# variant -> (mesh, SFT rows a step, tokens a row, RL problems a step); the first is the default
 VARIANTS = {
     "8xh200": (MeshConfig(fsdp=4, tensor=2), 64, 1024, 16),
     "tpu-v5p-64": (MeshConfig(fsdp=8, tensor=4), 128, 1024, 32),
 }
 
 
-def _variant(arg: str | None):
-    name = arg or "8xh200"
-    if name not in VARIANTS:
-        raise UserError(f"config arg {name!r}: unknown variant; valid: {', '.join(VARIANTS)}")
-    return VARIANTS[name]
-
-
 def get_config(arg: str | None = None) -> Config:
-    mesh, batch, seq_len, _ = _variant(arg)
-    micro = mesh.fsdp * mesh.data  # one row per batch shard per micro-batch
-    return Config(
-        model=ModelConfig(preset="qwen2.5-coder-14b-instruct", dtype="bfloat16", param_dtype="float32"),
-        mesh=mesh,
-        data=DataConfig(seq_len=seq_len, batch_size=batch, eval_batches=4),
-        train=TrainConfig(steps=300, learning_rate=1e-5, warmup_steps=30, grad_accum=batch // micro,
-                          logprob_chunk=256, checkpoint_every=50, eval_every=50),
-        planner=AgentConfig(init=MODEL),
-        coder=AgentConfig(init=MODEL),
-    )
+    return paper_configs.full_finetune("qwen2.5-coder-14b-instruct", MODEL, VARIANTS, arg)
 
 
 def rollout_shape(arg: str | None = None) -> RolloutShape:
-    """The RL step's sizes for this variant: half of each row for the prompt, half for the response."""
-    mesh, _, seq_len, problems = _variant(arg)
-    half = seq_len // 2
-    return RolloutShape(problems=problems, num_plans=4, num_programs=4, planner_prompt=half,
-                        planner_new_tokens=half, coder_prompt=half, coder_new_tokens=half,
-                        micro_batch=mesh.fsdp * mesh.data)
+    return paper_configs.rollout_shape(VARIANTS, arg)
