@@ -21,19 +21,14 @@ from algoforge_jax.models.build import init_model
 from algoforge_jax.models.qwen2 import PRESETS
 from algoforge_jax.tokenizer import BUNDLED_QWEN25
 from eval.sandbox import Sandbox
+import tiny_agents
 from hf_tiny import one_device_mesh
 
 GP, GC = 2, 2
-PROBLEMS = [
-    {"task_id": "add", "prompt": "Return the sum of two integers a and b.", "entry_point": "add",
-     "tests": [{"type": "assert", "code": "assert add(1, 2) == 3"}, {"type": "call", "fn_name": "add",
-                                                                     "args": [-4, 4], "expected": 0}]},
-    {"task_id": "rev", "prompt": "Return the string s reversed.", "entry_point": "rev",
-     "tests": [{"type": "assert", "code": "assert rev('ab') == 'ba'"}]},
-    {"task_id": "sq", "prompt": "Return n squared.", "entry_point": "sq",
-     "tests": [{"type": "assert", "code": "assert sq(3) == 9"}]},
-]
-RIGHT = {"add": "def add(a, b):\n    return a + b", "rev": "def rev(s):\n    return s[::-1]"}
+PROBLEMS = [*tiny_agents.PROBLEMS[:2],  # add, rev: a right and a wrong program exist for each
+            {"task_id": "sq", "prompt": "Return n squared.", "entry_point": "sq",
+             "tests": [{"type": "assert", "code": "assert sq(3) == 9"}]}]
+RIGHT = tiny_agents.RIGHT
 WRONG = {"add": "def add(a, b):\n    return a - b", "rev": "def rev(s):\n    return s"}
 
 
