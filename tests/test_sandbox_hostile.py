@@ -172,8 +172,11 @@ def test_a_program_cannot_find_the_answers_on_disk(sandbox, host, tmp_path_facto
     (workdir / "answers.txt").write_text(token)
     project = pathlib.Path(__file__).parents[1]
     targets = [str(problems), str(workdir / "answers.txt"), str(project / "eval" / "data" / "mbpp" / "mbpp.jsonl"),
-               str(project / "eval" / "judge.py"), os.getcwd(),
-               *[str(p) for p in pathlib.Path.home().iterdir() if p.is_file()][:3]]  # $HOME's own files
+               str(project / "eval" / "judge.py"),
+               # the files of the scorer's cwd and of $HOME (the cwd itself may exist as an empty directory on the
+               # way to a bound-back virtual environment inside it, as in CI's clone with its .venv)
+               *[str(p) for d in (pathlib.Path.cwd(), pathlib.Path.home())
+                 for p in [f for f in sorted(d.iterdir()) if f.is_file()][:3]]]
     scan = f"""import os, sys
 token, found = {token!r}, []
 for path in {targets!r}:
