@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# rl.problems_per_step x rl.num_plans = 8 planner rows: they must split over the 8 fake devices (conftest.py).
 SMALL = ["--set", "train.steps=3", "--set", "train.checkpoint_every=2", "--set", "train.eval_every=2",
-         "--set", "rl.steps=2", "--set", "rl.checkpoint_every=1", "--set", "rl.problems_per_step=2",
+         "--set", "rl.steps=2", "--set", "rl.checkpoint_every=1", "--set", "rl.problems_per_step=4",
          "--set", "rl.num_plans=2", "--set", "rl.num_programs=2", "--set", "rl.eval_limit=4"]
 
 
