@@ -96,6 +96,9 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("ALGOFORGE_LEARNING_TEST"),
+                    reason="the claim is not reached yet (README), and the full-size SFT + RL takes 10-30 min: "
+                           "set ALGOFORGE_LEARNING_TEST=1 to run it")
 @pytest.mark.xfail(reason="not reached yet: 20 steps moved held-out greedy pass@1 from 0.020 to 0.025 (README)",
                    strict=False)
 def test_rl_raises_the_heldout_pass_rate_of_the_embedded_default(tmp_path):
