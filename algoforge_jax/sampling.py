@@ -386,7 +386,8 @@ def _grow(state: SampleState, *, size: int, layout) -> SampleState:
     return layout(dataclasses.replace(state, cache=state.cache.grow(size)))
 
 
-def _bucket(n: int, minimum: int) -> int:
+def bucket(n: int, minimum: int) -> int:
+    """The padded size of n: the next power of two, at least `minimum` (prompt lengths and batch sizes)."""
     return max(minimum, 1 << max(0, n - 1).bit_length())
 
 
@@ -475,8 +476,8 @@ class Sampler:
         return state, stats
 
     def _pad(self, rows: list[list[int]]):
-        T = _bucket(max(map(len, rows)), self.cfg.min_prompt_bucket)
-        B = _bucket(len(rows), max(self.cfg.min_batch_bucket, self.batch_multiple))
+        T = bucket(max(map(len, rows)), self.cfg.min_prompt_bucket)
+        B = bucket(len(rows), max(self.cfg.min_batch_bucket, self.batch_multiple))
         B += -B % self.batch_multiple
         prompts_BT = np.full((B, T), self.cfg.pad_token_id, np.int32)
         valid_BT = np.zeros((B, T), bool)

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -29,9 +29,9 @@ from algoforge_jax.config import Config, RLConfig
 from algoforge_jax.data.chat import render_chat
 from algoforge_jax.errors import UserError
 from algoforge_jax.models.build import abstract_model
-from algoforge_jax.rl.rollout import AgentSampling, Chat, Policy, RolloutConfig, sample_groups, start_rollout
+from algoforge_jax.rl.rollout import AgentSampling, Chat, Decoding, Policy, RolloutConfig, sample_groups, start_rollout
 from algoforge_jax.rl.step import AgentUpdate, make_update, reference_logprobs, sampler_params, update_batch
-from algoforge_jax.sampling import Greedy, Sample, Sampler, SamplerConfig
+from algoforge_jax.sampling import Sampler, SamplerConfig
 from algoforge_jax.tokenizer import SentencePieceTokenizer, Tokenizer, open_tokenizer
 from algoforge_jax.train.checkpoint import StateCheckpoints
 from algoforge_jax.train.metrics import MetricsWriter
@@ -46,25 +46,17 @@ AGENTS = ("planner", "coder")
 # ---------------------------------------------------------------------------------------------- held-out pass rate
 
 
-class _Decoding(NamedTuple):
-    """What `rollout.sample_groups` reads of a sampling config; unlike AgentSampling it allows greedy."""
-
-    max_new_tokens: int
-    method: Any
-
-
 def heldout_pass_rate(planner: Policy, coder: Policy, chat: Chat, problems: Sequence[Problem], judge,
                       temperature: float = 0.0, samples: int = 1, seed: int = 0) -> dict[str, float]:
     """Pass@1 of the Planner -> Coder pair: each problem gets `samples` plans (1 when greedy), one program per plan,
     judged; pass@1 = the fraction of (problem, chain) that pass, i.e. the mean over problems of each problem's pass
     fraction. Two sampler calls in all. `temperature` 0 decodes greedily (deterministic), else samples."""
-    method = Greedy() if temperature == 0 else Sample(temperature)
     n = 1 if temperature == 0 else samples
     P = len(problems)
     plans, _ = sample_groups(planner, [chat.prompt_ids(chat.planner_messages(p)) for p in problems], (P, n),
-                             _Decoding(planner.sampler.cfg.max_new_tokens, method), chat, seed)
+                             Decoding(planner.sampler.cfg.max_new_tokens, temperature), chat, seed)
     coder_prompts = [chat.prompt_ids(chat.coder_messages(problems[p], plans.texts[p, i])) for p, i in np.ndindex(P, n)]
-    code, _ = sample_groups(coder, coder_prompts, (P, n, 1), _Decoding(coder.sampler.cfg.max_new_tokens, method),
+    code, _ = sample_groups(coder, coder_prompts, (P, n, 1), Decoding(coder.sampler.cfg.max_new_tokens, temperature),
                             chat, seed + 1)
     jobs = [(problems[p], program_for(problems[p], code.texts[p, i, 0])) for p, i in np.ndindex(P, n)]
     passed_Pn = np.array([j.passed for j in judge(jobs)]).reshape(P, n)

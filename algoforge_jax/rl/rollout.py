@@ -31,7 +31,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 
 from algoforge_jax.rl import grpo, rewards
-from algoforge_jax.sampling import Greedy, Sample, Sampler, SamplerConfig, sampling_method
+from algoforge_jax.sampling import Greedy, Sample, Sampler, SamplerConfig, bucket, sampling_method
 from eval import prompts
 from eval.problems import Judgement, Problem, Verdict
 from eval.score import program_for
@@ -336,7 +336,7 @@ def agent_batch(samples: Samples, rewards_G: np.ndarray | None, estimator: str,
         zero_variance_G = np.broadcast_to(np.asarray(grpo.zero_variance_groups(rewards_G))[..., None], rewards_G.shape)
     prompts = [prompt for prompt in samples.prompts.reshape(-1) for _ in range(G)]
     longest = max(map(len, prompts))
-    width = max(sampler_cfg.min_prompt_bucket, 1 << max(0, longest - 1).bit_length())  # the sampler's buckets
+    width = bucket(longest, sampler_cfg.min_prompt_bucket)  # the sampler's prompt buckets
     prompt_ids_BL = np.full((len(prompts), width), sampler_cfg.pad_token_id, np.int32)
     prompt_mask_BL = np.zeros((len(prompts), width), bool)
     for b, prompt in enumerate(prompts):
