@@ -104,20 +104,24 @@ def tokenizer_dir(model_path) -> Path | None:
 
 def load_pretrained(path, mesh: Mesh, rules: sharding.ShardingRules, **overrides) -> Qwen2ForCausalLM:
     """A model from either a Hugging Face directory or an orbax checkpoint of ours."""
+    if _is_orbax(path):
+        return load_model(path, mesh, rules, **overrides)
+    return load_hf_model(path, mesh, rules, **overrides)
+
+
+def _is_orbax(path) -> bool:
+    """Whether `path` is an orbax checkpoint of ours (else a Hugging Face directory); neither is a UserError."""
     path = Path(path)
     if is_orbax_checkpoint(path):
-        return load_model(path, mesh, rules, **overrides)
+        return True
     if (path / "config.json").exists():
-        return load_hf_model(path, mesh, rules, **overrides)
+        return False
     raise UserError(f"{path}: neither a Hugging Face model directory (config.json) nor an orbax checkpoint")
 
 
 def read_pretrained_config(path, **overrides) -> Qwen2Config:
     """The config of a model `load_pretrained` would load, read without touching the weights, so inputs can be
     checked against it before a long load."""
-    path = Path(path)
-    if is_orbax_checkpoint(path):
+    if _is_orbax(path):
         return read_config(path, **overrides)
-    if (path / "config.json").exists():
-        return load_hf_config(path / "config.json", **overrides)
-    raise UserError(f"{path}: neither a Hugging Face model directory (config.json) nor an orbax checkpoint")
+    return load_hf_config(Path(path) / "config.json", **overrides)
