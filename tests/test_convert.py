@@ -160,7 +160,9 @@ def test_export_streams_with_about_one_shard_in_host_memory(mesh8, tmp_path):
     total = json.loads((out / INDEX_FILE).read_text())["metadata"]["total_size"]
     print(f"export of {total} bytes in shards of {shard}: peak {peak} bytes of host memory, {held} held after")
     assert total > 7 * shard and len(list(out.glob("*.safetensors"))) > 7
-    assert peak < 2 * shard and held < shard / 4
+    # Held after: jax's own caches (tens of kB, varying by run); a single leaked tensor (the 128 kB embedding)
+    # would exceed half a shard.
+    assert peak < 2 * shard and held < shard / 2
     assert_bit_exact(out, hf)
     assert_same_logits(load_with_transformers(out), hf)
 
