@@ -67,6 +67,7 @@ class AgentConfig:
     eval_data: str = ""  # JSONL of held-out rows for the periodic held-out loss; "" skips it
     init: str = ""  # model to start from (HF directory or orbax checkpoint); "" = random init from `model`
     tokenizer: str = ""  # tokenizer directory; "" = the init model's tokenizer, else the byte-level fallback
+    seq_len: int = 0  # tokens per SFT row of this agent (plans are shorter than programs); 0 = data.seq_len
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +151,10 @@ class Config:
             raise UserError(f"unknown agent {name!r}; valid: {', '.join(AGENTS)}")
         return getattr(self, name)
 
+    def seq_len(self, agent: str) -> int:
+        """Tokens per SFT row of `agent`: its own `seq_len`, else `data.seq_len`."""
+        return self.agent(agent).seq_len or self.data.seq_len
+
 
 def validate(cfg: Config) -> Config:
     """Checks across fields, each a one-line error naming the field; run once the overrides are all applied."""
@@ -162,6 +167,9 @@ def validate(cfg: Config) -> Config:
     for key, value in positive.items():
         if value < 1:
             raise UserError(f"config {key}: must be >= 1, got {value}")
+    for agent in AGENTS:
+        if cfg.agent(agent).seq_len < 0:
+            raise UserError(f"config {agent}.seq_len: must be >= 0 (0 = data.seq_len), got {cfg.agent(agent).seq_len}")
     rl = cfg.rl
     for key in ("steps", "problems_per_step", "num_plans", "num_programs", "planner_prompt_len",
                 "planner_max_new_tokens", "coder_prompt_len", "coder_max_new_tokens", "grad_accum", "eval_samples",

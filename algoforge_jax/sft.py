@@ -35,11 +35,11 @@ def agent_batches(cfg: config_lib.Config, agent: str, workdir=None):
     if not agent_cfg.train_data:
         return embedded_batches(cfg, agent, Path(workdir or "workdir") / "data")
     tokenizer, tokenizer_dir = _tokenizer(agent_cfg)
-    train = render_rows(load_rows(agent_cfg.train_data, agent), agent, tokenizer, cfg.data.seq_len)
+    train = render_rows(load_rows(agent_cfg.train_data, agent), agent, tokenizer, cfg.seq_len(agent))
     batches = ArrayBatches(train, cfg.data.batch_size, cfg.data.seed)
     held_out = []
     if agent_cfg.eval_data:
-        rows = render_rows(load_rows(agent_cfg.eval_data, agent), agent, tokenizer, cfg.data.seq_len)
+        rows = render_rows(load_rows(agent_cfg.eval_data, agent), agent, tokenizer, cfg.seq_len(agent))
         fixed = ArrayBatches(rows, min(cfg.data.batch_size, len(rows["tokens"])), 0, shuffle=False)
         held_out = [next(fixed) for _ in range(min(cfg.data.eval_batches, fixed.num_rows // fixed.batch_size))]
     return batches, held_out, tokenizer_dir
@@ -57,7 +57,7 @@ def embedded_batches(cfg: config_lib.Config, agent: str, data_dir: Path):
     if tokenizer.vocab_size > cfg.model.qwen2().vocab_size:
         raise UserError(f"config model.vocab_size {cfg.model.qwen2().vocab_size} is smaller than the embedded "
                         f"default's tokenizer ({tokenizer.vocab_size} pieces)")
-    spec = BatchSpec(cfg.data.batch_size, cfg.data.seq_len, cfg.data.seed, compact=True)
+    spec = BatchSpec(cfg.data.batch_size, cfg.seq_len(agent), cfg.data.seed, compact=True)
     batches = sft_batches(open_split(data.tfds[agent], "train"), tokenizer, agent, spec)
     fixed = sft_batches(open_split(data.tfds[agent], "heldout"), tokenizer, agent, spec)
     held_out = [next(fixed) for _ in range(cfg.data.eval_batches)]

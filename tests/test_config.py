@@ -33,6 +33,11 @@ def test_set_coerces_to_the_field_type():
     assert cfg.mesh.tensor == 2
 
 
+def test_an_agent_seq_len_overrides_the_data_one():
+    cfg = config_lib.load(TINY, overrides=["planner.seq_len=40", "coder.seq_len=0", "data.seq_len=90"])
+    assert (cfg.seq_len("planner"), cfg.seq_len("coder")) == (40, 90)
+
+
 @pytest.mark.parametrize("item, message", [
     ("train.stepz=3", "--set train.stepz: unknown key 'train.stepz'; valid: train.steps, train.learning_rate"),
     ("trian.steps=3", "--set trian.steps: unknown key 'trian'; valid: model, mesh, data, train, planner, coder"),
@@ -45,6 +50,7 @@ def test_set_coerces_to_the_field_type():
     ("train.grad_accum=3", "data.batch_size (16) must be a multiple of train.grad_accum (3)"),
     ("model.preset=qwen9", "config model.preset: unknown 'qwen9'"),
     ("mesh.data=-1", "config mesh: sizes must be positive with at most one -1"),
+    ("planner.seq_len=-2", "config planner.seq_len: must be >= 0 (0 = data.seq_len), got -2"),
 ])
 def test_bad_overrides_are_one_line_errors(item, message):
     with pytest.raises(UserError) as e:

@@ -121,8 +121,6 @@ def _start_state(ckpts: StateCheckpoints, model, trainer: Trainer, batches, seed
 def _run(cfg: Config, model_cfg, trainer: Trainer, state, batches, eval_batches, ckpts, writer):
     """The step loop proper; returns (final state, exit code)."""
     tcfg = cfg.train
-    seq_len = cfg.data.seq_len
-    flops = flops_per_token(model_cfg, seq_len)
     peak = peak_flops_per_device(tcfg.peak_tflops)
     first = int(state.step)
     bar = tqdm(total=tcfg.steps, initial=first, desc="sft", unit="step", dynamic_ncols=True,
@@ -142,6 +140,7 @@ def _run(cfg: Config, model_cfg, trainer: Trainer, state, batches, eval_batches,
                                 f"{'none' if last is None else last})")
             metrics.update(tokens_per_s=tokens / seconds, step_s=seconds)
             if peak:
+                flops = flops_per_token(model_cfg, batch["tokens"].shape[-1])  # the agent's own row length
                 metrics["mfu"] = flops * tokens / seconds / (peak * jax.device_count())
             if eval_batches and (step % tcfg.eval_every == 0 or step == tcfg.steps):
                 metrics["eval_loss"] = _eval_loss(trainer.eval, state.params, eval_batches, mesh)
