@@ -131,6 +131,7 @@ class RLConfig:
     checkpoint_every: int = 5  # save both agents' training state every K steps (and at the end, and on SIGTERM)
     keep_checkpoints: int = 2
     sandbox_workers: int = 2  # sandbox worker processes judging programs
+    offload_idle: bool = False  # keep each agent's training state in host memory except during its own update
     seed: int = 0  # problem order and sampling seeds
 
 

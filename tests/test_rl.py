@@ -1,5 +1,6 @@
-"""`algoforge rl` end to end, in subprocesses as a user runs it: a run killed (SIGKILL) after a checkpoint and rerun
-with the same command ends where an uninterrupted run ends; and the learning claim on the embedded default.
+"""`algoforge rl` end to end, in subprocesses as a user runs it: a run killed (SIGKILL) after a checkpoint, or
+preempted (SIGTERM) with its training states offloaded to host memory, and rerun with the same command ends where an
+uninterrupted run ends; and the learning claim on the embedded default.
 """
 
 import json
@@ -54,7 +55,7 @@ def _workdir(root: Path, data, models: dict) -> Path:
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
+def test_killed_preempted_and_offloaded_runs_match_an_uninterrupted_one(tmp_path):
     data = build_embedded(tmp_path / "data", seed=3, n_train=30, n_heldout=6, vocab_size=400)
     models = {}
     for seed, agent in enumerate(("planner", "coder")):
@@ -63,7 +64,8 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     config = tmp_path / "cfg.py"
     config.write_text(CONFIG.format(model=MODEL, train=str(data.problems["train"]),
                                     heldout=str(data.problems["heldout"])))
-    whole, resumed = (_workdir(tmp_path / name, data, models) for name in ("whole", "resumed"))
+    whole, resumed, preempted = (_workdir(tmp_path / name, data, models)
+                                 for name in ("whole", "resumed", "preempted"))
     command = ("rl", "--config", str(config), "--workdir")
     out = _algoforge(*command, str(whole)).communicate(timeout=900)[0]
     assert "held-out pass@1 after RL" in out, out[-3000:]
@@ -79,16 +81,30 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     out = _algoforge(*command, str(resumed)).communicate(timeout=900)[0]
     assert "held-out pass@1 after RL" in out, out[-3000:]
 
+    # Preempted (SIGTERM) with the training states offloaded to host memory: saves, exits 143, resumes.
+    offloaded = command[:-1] + ("--set", "rl.offload_idle=true", "--workdir")
+    victim = _algoforge(*offloaded, str(preempted))
+    while not (preempted / "rl" / "eval.json").exists():  # SIGTERM is honoured from the start, at a step's end
+        assert victim.poll() is None and time.time() < deadline, victim.communicate()[0][-3000:]
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGTERM)
+    out = victim.communicate()[0]
+    assert victim.returncode == 143 and "rl: SIGTERM: saved step" in out, out[-3000:]
+    assert not (preempted / "rl" / "planner" / "model").exists()
+    out = _algoforge(*offloaded, str(preempted)).communicate(timeout=900)[0]
+    assert "held-out pass@1 after RL" in out, out[-3000:]
+
     for agent in ("planner", "coder"):
-        a, b = (checkpoints.load_model(w / "rl" / agent / "model", one_device_mesh(), sharding.SAMPLE_RULES)
-                for w in (whole, resumed))
-        leaves = [jax.tree.leaves(nnx.state(m)) for m in (a, b)]
-        assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(*leaves)), agent
+        a, *others = (checkpoints.load_model(w / "rl" / agent / "model", one_device_mesh(), sharding.SAMPLE_RULES)
+                      for w in (whole, resumed, preempted))
+        for b in others:
+            leaves = [jax.tree.leaves(nnx.state(m)) for m in (a, b)]
+            assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(*leaves)), agent
     rows = [[json.loads(line) for line in (w / "rl" / "metrics.jsonl").read_text().splitlines()]
-            for w in (whole, resumed)]
-    assert [r["step"] for r in rows[1]] == [1, 2, 3]
+            for w in (whole, resumed, preempted)]
+    assert [r["step"] for r in rows[1]] == [r["step"] for r in rows[2]] == [1, 2, 3]
     for key in ("coder/reward_mean", "planner/loss", "coder/loss", "coder/kl"):
-        assert [r[key] for r in rows[0]] == [r[key] for r in rows[1]], key
+        assert [r[key] for r in rows[0]] == [r[key] for r in rows[1]] == [r[key] for r in rows[2]], key
     start = init_model(ModelConfig(**MODEL).qwen2(), one_device_mesh(), sharding.SAMPLE_RULES, seed=0)
     trained = checkpoints.load_model(whole / "rl" / "planner" / "model", one_device_mesh(), sharding.SAMPLE_RULES)
     assert not np.array_equal(np.asarray(jax.tree.leaves(nnx.state(start))[0]),

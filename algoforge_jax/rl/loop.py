@@ -8,7 +8,18 @@ would: every step's sampling seeds derive from (rl.seed, step), and the sandbox'
 
 Weights: each agent's TrainState lives in TRAIN_RULES; before each rollout its parameters are resharded to
 SAMPLE_RULES (device to device) and passed to the agent's sampler as arguments, so no sampler program recompiles.
-The reference log-probs (β > 0) are computed while the sandbox judges the programs in a background thread.
+The reference log-probs (β > 0) are computed while the sandbox judges the programs in a background thread; that is
+all the overlap the data allows on-policy (the next step's generation needs this step's update, which needs this
+step's verdicts).
+
+`rl.offload_idle`: each agent's TrainState (parameters and both Adam moments, 3x the parameters' bytes in fp32)
+lives in the host memory of its devices (`pinned_host`, same shardings) and comes onto the accelerator only for
+its own update; rollouts need only the samplers' copies of the weights. The device then holds one agent's
+training state at a time instead of two, at the cost of two host<->device copies of it per step. Results are
+bit-identical with and without it (tests/test_rl.py).
+
+SIGTERM (a preempting scheduler) is honoured between steps: the step in flight finishes, a checkpoint is written
+and the command exits with 143; rerunning it resumes.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from algoforge_jax.rl.step import AgentUpdate, make_update, reference_logprobs, 
 from algoforge_jax.sampling import Sampler, SamplerConfig
 from algoforge_jax.tokenizer import SentencePieceTokenizer, Tokenizer, open_tokenizer
 from algoforge_jax.train.checkpoint import StateCheckpoints
+from algoforge_jax.train.loop import EXIT_PREEMPTED, Preemption
 from algoforge_jax.train.metrics import MetricsWriter
 from algoforge_jax.train.state import TrainState, init_state, make_optimizer, state_shardings
 from eval import prompts
@@ -187,7 +199,7 @@ def run_rl(cfg: Config, workdir, planner: str | None = None, coder: str | None =
     agents = {name: agent for name, (agent, _) in built.items()}
     state = {name: s for name, (_, s) in built.items()}
     with StateCheckpoints(out / "checkpoints", cfg.rl.keep_checkpoints) as ckpts, \
-            Sandbox(workers=cfg.rl.sandbox_workers, stop_at_first_failure=False) as sandbox:
+            Sandbox(workers=cfg.rl.sandbox_workers, stop_at_first_failure=False) as sandbox, Preemption() as preempt:
         report = _read_eval(out)
         if "before" not in report:  # of the starting models, so before any restore
             report["before"] = _evaluate(cfg.rl, agents, state, chat, eval_problems, sandbox.judge, mesh)
@@ -195,17 +207,23 @@ def run_rl(cfg: Config, workdir, planner: str | None = None, coder: str | None =
         start = ckpts.latest_step() or 0
         if start:
             state = ckpts.restore(_abstract(state), order)
+        if cfg.rl.offload_idle:
+            state = {name: to_memory(s, "pinned_host") for name, s in state.items()}
         writer = MetricsWriter(out, resume_step=start)
         try:
-            state = _run(cfg, agents, state, chat, train_problems, order, sandbox.judge, ckpts, writer, mesh, start)
+            state, code = _run(cfg, agents, state, chat, train_problems, order, sandbox.judge, ckpts, writer, mesh,
+                               start, preempt)
         finally:
             writer.close()
+        if code:
+            return code
         if "after" not in report:
             report["after"] = _evaluate(cfg.rl, agents, state, chat, eval_problems, sandbox.judge, mesh)
             _write_eval(out, report, "after")
     for name, agent in agents.items():
         if not (out / name / "model").exists():
-            checkpoints.save_model(out / name / "model", nnx.merge(agent.update.graphdef, state[name].params),
+            params = to_memory(state[name].params, "device")
+            checkpoints.save_model(out / name / "model", nnx.merge(agent.update.graphdef, params),
                                    tokenizer_dir=checkpoints.sidecar_dir(agent.init))
     return 0
 
@@ -224,8 +242,16 @@ def _abstract(state: dict[str, TrainState]):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
+def to_memory(tree, kind: str):
+    """`tree`'s arrays moved to memory `kind` of the devices that hold them ("device", or "pinned_host" for the
+    host memory beside them), shardings otherwise unchanged; a no-op for arrays already there."""
+    return jax.tree.map(lambda x: jax.device_put(x, x.sharding.with_memory_kind(kind)), tree)
+
+
 def _policies(agents: dict[str, Agent], state: dict[str, TrainState], mesh) -> dict[str, Policy]:
-    return {n: Policy(a.sampler, sampler_params(a.abstract, state[n].params, mesh)) for n, a in agents.items()}
+    """Each agent's sampler with its current weights (brought onto the devices first when offloaded)."""
+    return {n: Policy(a.sampler, sampler_params(a.abstract, to_memory(state[n].params, "device"), mesh))
+            for n, a in agents.items()}
 
 
 def _evaluate(rl: RLConfig, agents, state, chat, problems, judge, mesh) -> dict[str, float]:
@@ -248,31 +274,14 @@ def _write_eval(out: Path, report: dict, when: str) -> None:
         print(f"rl: held-out pass@1 {when} RL: {r['pass_at_1']:.3f} ({r['problems']} problems, {how})")
 
 
-def _run(cfg: Config, agents, state, chat, problems, order, judge, ckpts, writer, mesh, start: int):
+def _run(cfg: Config, agents, state, chat, problems, order, judge, ckpts, writer, mesh, start: int, preempt):
+    """Steps `start + 1 ..` to `rl.steps`, checkpointing as configured; returns (states, exit code). A SIGTERM
+    (`preempt.requested`, from any time since the command started) ends it after the step in flight."""
     rl = cfg.rl
-    rollout_cfg = rollout_config(rl)
     bar = tqdm(total=rl.steps, initial=start, desc="rl", unit="step", dynamic_ncols=True,
                disable=jax.process_index() != 0)
     for step in range(start + 1, rl.steps + 1):
-        batch_problems = [problems[i] for i in order.next()]
-        started = time.perf_counter()
-        policies = _policies(agents, state, mesh)
-        pending = start_rollout(batch_problems, policies["planner"], policies["coder"], chat, judge, rollout_cfg,
-                                seed=step_seed(rl.seed, step))
-        refs, logprob_s = {}, 0.0
-        if not rl.dynamic_sampling:  # else `finish` may replace rows: reference log-probs wait for it
-            refs, logprob_s = _reference(agents, pending.batches(), mesh, cfg)
-        result = pending.finish()
-        if rl.dynamic_sampling:
-            refs, logprob_s = _reference(agents, (result.planner, result.coder), mesh, cfg)
-        metrics = dict(result.metrics)
-        update_start = time.perf_counter()
-        for name, batch in (("planner", result.planner), ("coder", result.coder)):
-            state[name], m = agents[name].update.step(state[name], update_batch(batch, refs.get(name)))
-            metrics.update(_update_metrics(name, jax.device_get(m)))
-        metrics.update(generate_seconds=metrics["planner/generate_seconds"] + metrics["coder/generate_seconds"],
-                       logprob_seconds=logprob_s, update_seconds=time.perf_counter() - update_start,
-                       step_seconds=time.perf_counter() - started)
+        state, metrics = _step(cfg, agents, state, chat, [problems[i] for i in order.next()], judge, mesh, step)
         for name in AGENTS:
             if not np.isfinite(metrics[f"{name}/loss"]):
                 last = ckpts.latest_step()
@@ -281,10 +290,40 @@ def _run(cfg: Config, agents, state, chat, problems, order, judge, ckpts, writer
         writer.write(step, metrics)
         bar.update(1)
         bar.set_postfix(pass_rate=f"{metrics['coder/pass_rate']:.3f}")
-        if step % rl.checkpoint_every == 0 or step == rl.steps:
+        if step % rl.checkpoint_every == 0 or step == rl.steps or preempt.requested:
             ckpts.save(step, state, order, force=True)
+        if preempt.requested:
+            ckpts.wait()
+            bar.close()
+            print(f"rl: SIGTERM: saved step {step}; rerun the same command to resume")
+            return state, EXIT_PREEMPTED
     bar.close()
-    return state
+    return state, 0
+
+
+def _step(cfg: Config, agents, state, chat, problems, judge, mesh, step: int):
+    """One RL step on `problems`: rollout, reference log-probs, both agents' updates; returns (states, metrics)."""
+    rl, started = cfg.rl, time.perf_counter()
+    policies = _policies(agents, state, mesh)
+    pending = start_rollout(problems, policies["planner"], policies["coder"], chat, judge, rollout_config(rl),
+                            seed=step_seed(rl.seed, step))
+    refs, logprob_s = {}, 0.0
+    if not rl.dynamic_sampling:  # else `finish` may replace rows: reference log-probs wait for it
+        refs, logprob_s = _reference(agents, pending.batches(), mesh, cfg)
+    result = pending.finish()
+    if rl.dynamic_sampling:
+        refs, logprob_s = _reference(agents, (result.planner, result.coder), mesh, cfg)
+    metrics = dict(result.metrics)
+    update_start = time.perf_counter()
+    for name, batch in (("planner", result.planner), ("coder", result.coder)):
+        resident = to_memory(state[name], "device") if rl.offload_idle else state[name]
+        resident, m = agents[name].update.step(resident, update_batch(batch, refs.get(name)))
+        state[name] = to_memory(resident, "pinned_host") if rl.offload_idle else resident
+        metrics.update(_update_metrics(name, jax.device_get(m)))
+    metrics.update(generate_seconds=metrics["planner/generate_seconds"] + metrics["coder/generate_seconds"],
+                   logprob_seconds=logprob_s, update_seconds=time.perf_counter() - update_start,
+                   step_seconds=time.perf_counter() - started)
+    return state, metrics
 
 
 def _reference(agents, batches, mesh, cfg: Config) -> tuple[dict[str, np.ndarray], float]:

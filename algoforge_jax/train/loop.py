@@ -48,7 +48,7 @@ def _global(batch: dict, mesh) -> dict:
     return {k: jax.make_array_from_process_local_data(target, np.asarray(v)) for k, v in batch.items()}
 
 
-class _Preemption:
+class Preemption:
     """Turns SIGTERM into a flag the loop checks between steps (a checkpoint needs a finished step)."""
 
     def __enter__(self):
@@ -126,7 +126,7 @@ def _run(cfg: Config, model_cfg, trainer: Trainer, state, batches, eval_batches,
     bar = tqdm(total=tcfg.steps, initial=first, desc="sft", unit="step", dynamic_ncols=True,
                disable=jax.process_index() != 0)
     mesh = trainer.mesh
-    with _Preemption() as preempt, jax.set_mesh(mesh):
+    with Preemption() as preempt, jax.set_mesh(mesh):
         for step in range(first + 1, tcfg.steps + 1):
             batch = next(batches)
             tokens = batch["tokens"].size  # every position, padding included: what the step computes on
