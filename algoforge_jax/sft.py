@@ -25,24 +25,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def agent_batches(cfg: config_lib.Config, agent: str, workdir=None):
     """(training batch iterator, held-out batches, tokenizer directory or None) for one agent.
 
-    With `<agent>.train_data` set: the stand-in data source (see `train/input.py`), the agent's JSONL rows rendered
-    with its tokenizer. With it empty: the embedded default, built once under `workdir/data` (`data.embedded`),
-    read through grain (`data.datasets.sft_batches`, compact prompts, its sentencepiece tokenizer).
+    With `<agent>.train_data` set: the agent's JSONL rows (`data.datasets.read_rows`), rendered with its tokenizer
+    through the same `chat.sft_example` (full prompts) and held in memory (`train.input.ArrayBatches`). With it
+    empty: the embedded default, built once under `workdir/data` (`data.embedded`), read through grain
+    (`data.datasets.sft_batches`, compact prompts, its sentencepiece tokenizer).
     """
-    from algoforge_jax.train.input import ArrayBatches, load_rows, render_rows
+    from algoforge_jax.data.datasets import read_rows
+    from algoforge_jax.train.input import ArrayBatches, render_examples
 
     agent_cfg = cfg.agent(agent)
     if not agent_cfg.train_data:
         return embedded_batches(cfg, agent, Path(workdir or "workdir") / "data")
     tokenizer, tokenizer_dir = _tokenizer(agent_cfg)
-    train = render_rows(load_rows(agent_cfg.train_data, agent), agent, tokenizer, cfg.seq_len(agent))
-    batches = ArrayBatches(train, cfg.data.batch_size, cfg.data.seed)
+    if not agent_cfg.init:
+        _check_vocab(cfg, tokenizer, f"the tokenizer of {agent_cfg.tokenizer or 'bytes (the fallback)'}")
+    render = lambda path: render_examples(read_rows(path, agent), agent, tokenizer, cfg.seq_len(agent))  # noqa: E731
+    batches = ArrayBatches(render(agent_cfg.train_data), cfg.data.batch_size, cfg.data.seed)
     held_out = []
     if agent_cfg.eval_data:
-        rows = render_rows(load_rows(agent_cfg.eval_data, agent), agent, tokenizer, cfg.seq_len(agent))
+        rows = render(agent_cfg.eval_data)
         fixed = ArrayBatches(rows, min(cfg.data.batch_size, len(rows["tokens"])), 0, shuffle=False)
         held_out = [next(fixed) for _ in range(min(cfg.data.eval_batches, fixed.num_rows // fixed.batch_size))]
     return batches, held_out, tokenizer_dir
+
+
+def _check_vocab(cfg: config_lib.Config, tokenizer, source) -> None:
+    """A randomly initialised model (no `init`) must have an embedding row for every id of its tokenizer."""
+    vocab = cfg.model.qwen2().vocab_size
+    if tokenizer.vocab_size > vocab:
+        raise UserError(f"config model.vocab_size {vocab} is smaller than {source} ({tokenizer.vocab_size} ids)")
 
 
 def embedded_batches(cfg: config_lib.Config, agent: str, data_dir: Path):
@@ -54,9 +65,7 @@ def embedded_batches(cfg: config_lib.Config, agent: str, data_dir: Path):
 
     data = build_embedded(data_dir)
     tokenizer = SentencePieceTokenizer(data.tokenizer_dir / SENTENCEPIECE_FILE)
-    if tokenizer.vocab_size > cfg.model.qwen2().vocab_size:
-        raise UserError(f"config model.vocab_size {cfg.model.qwen2().vocab_size} is smaller than the embedded "
-                        f"default's tokenizer ({tokenizer.vocab_size} pieces)")
+    _check_vocab(cfg, tokenizer, "the embedded default's tokenizer")
     spec = BatchSpec(cfg.data.batch_size, cfg.seq_len(agent), cfg.data.seed, compact=True)
     batches = sft_batches(open_split(data.tfds[agent], "train"), tokenizer, agent, spec)
     fixed = sft_batches(open_split(data.tfds[agent], "heldout"), tokenizer, agent, spec)
@@ -65,14 +74,15 @@ def embedded_batches(cfg: config_lib.Config, agent: str, data_dir: Path):
 
 
 def _tokenizer(agent_cfg: config_lib.AgentConfig):
+    """(the agent's `Tokenizer`, its directory or None): `<agent>.tokenizer`, else the init model's, else bytes."""
     from algoforge_jax.checkpoints import tokenizer_dir
-    from algoforge_jax.tokenizer import load_tokenizer
+    from algoforge_jax.tokenizer import open_tokenizer
     from algoforge_jax.train.input import ByteTokenizer
 
     source = agent_cfg.tokenizer or agent_cfg.init
     if not source:
         return ByteTokenizer(), None
-    return load_tokenizer(source), tokenizer_dir(source)
+    return open_tokenizer(source), tokenizer_dir(source)
 
 
 def main(args: argparse.Namespace) -> int:

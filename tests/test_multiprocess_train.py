@@ -28,7 +28,7 @@ from algoforge_jax.config import AgentConfig, Config, DataConfig, ModelConfig, T
 def get_config(arg=None):
     return Config(model=ModelConfig(vocab_size=260, hidden_size=32, intermediate_size=64, num_layers=2,
                                     num_heads=4, num_kv_heads=2),
-                  data=DataConfig(seq_len=48, batch_size=8),
+                  data=DataConfig(seq_len=512, batch_size=8),
                   train=TrainConfig(steps={STEPS}, learning_rate=3e-3, warmup_steps=2, checkpoint_every=3,
                                     logprob_chunk=16),
                   planner=AgentConfig(train_data=%r))

@@ -23,7 +23,9 @@ from algoforge_jax.config import Config, DataConfig, ModelConfig, TrainConfig
 from algoforge_jax.errors import UserError
 from algoforge_jax.jsonl import jsonl_text
 from algoforge_jax.models.build import init_model
-from algoforge_jax.train.input import ArrayBatches, ByteTokenizer, ContractBatches, load_rows, render_rows
+from algoforge_jax.data.chat import prompt_ids, row_problem
+from algoforge_jax.data.datasets import read_rows
+from algoforge_jax.train.input import ArrayBatches, ByteTokenizer, ContractBatches, render_examples
 from algoforge_jax.train.loop import make_trainer, train_sft
 from algoforge_jax.train.metrics import crc32c, _masked_crc
 from algoforge_jax.train.state import init_state
@@ -164,17 +166,27 @@ def test_bad_rows_name_file_line_and_field(tmp_path):
     path = tmp_path / "coder.jsonl"
     path.write_text(jsonl_text([{"task_id": "a", "problem": "p", "plan": "q", "code": "c"},
                                 {"task_id": "b", "problem": "p", "plan": "q"}]))
-    with pytest.raises(UserError, match=r"^coder.jsonl:2: field 'code' must be a non-empty string$"):
-        load_rows(path, "coder")
-    assert len(load_rows(path, "planner")) == 2
+    with pytest.raises(UserError, match=r"^coder.jsonl:2: field 'code': missing$"):
+        read_rows(path, "coder")
+    assert len(read_rows(path, "planner")) == 2
 
 
-def test_rendered_loss_mask_covers_exactly_the_answer():
-    rows = [{"task_id": "a", "problem": "add", "plan": "1. add"}]
-    out = render_rows(rows, "planner", ByteTokenizer(), 96)
-    tokens, mask = out["tokens"][0], out["loss_mask"][0].astype(bool)
-    assert ByteTokenizer().decode(tokens[mask]) == "1. add<|im_end|>"
-    assert ByteTokenizer().decode(tokens[out["valid"][0]]).startswith("<|im_start|>user\nadd<|im_end|>")
+@pytest.mark.parametrize("agent", ["planner", "coder"])
+def test_own_rows_train_on_the_prompts_the_agents_are_given(agent):
+    """An agent's own JSONL rows are rendered as the sampler is prompted in rl/eval/solve (full prompts), and the
+    loss mask covers exactly the answer and its <|im_end|>."""
+    row = {"task_id": "a", "problem": "add the numbers", "plan": "1. add", "code": "def f(xs):\n    return sum(xs)",
+           "entry_point": "f"}
+    tok = ByteTokenizer()
+    out = render_examples([row], agent, tok, 1024)
+    tokens, mask, valid = out["tokens"][0], out["loss_mask"][0].astype(bool), out["valid"][0]
+    answer = "1. add" if agent == "planner" else "```python\ndef f(xs):\n    return sum(xs)\n```"
+    assert tok.decode(tokens[mask]) == answer + "<|im_end|>"
+    prompt = prompt_ids(tok, agent, row_problem(row), row["plan"] if agent == "coder" else None)
+    assert list(tokens[: len(prompt)]) == prompt and not mask[: len(prompt)].any()
+    assert valid.sum() == len(prompt) + mask.sum() + 1  # the turn's closing newline
+    with pytest.raises(UserError, match=f"row 'a': its {agent} example is {valid.sum()} tokens, longer than seq_len 64"):
+        render_examples([row], agent, tok, 64)
 
 
 # ------------------------------------------------------------------------------------- resume (subprocess)
@@ -184,7 +196,7 @@ from algoforge_jax.config import AgentConfig, Config, DataConfig, ModelConfig, T
 def get_config(arg=None):
     return Config(model=ModelConfig(vocab_size=260, hidden_size=32, intermediate_size=64, num_layers=2,
                                     num_heads=4, num_kv_heads=2),
-                  data=DataConfig(seq_len=48, batch_size=8),
+                  data=DataConfig(seq_len=512, batch_size=8),
                   train=TrainConfig(steps=60, learning_rate=3e-3, warmup_steps=5, checkpoint_every=6,
                                     logprob_chunk=16),
                   coder=AgentConfig(train_data=%r))

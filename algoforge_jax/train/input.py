@@ -12,69 +12,52 @@ global batch with `jax.make_array_from_process_local_data`.
 The iterator must have `get_state() -> dict` (JSON-able) and `set_state(dict)`: its position is saved in every
 checkpoint. `ContractBatches` wraps a grain iterator whose batches name the mask `assistant_mask` or lack `valid`.
 
-`ArrayBatches` + `render_rows` + `load_rows` are a minimal stand-in for `algoforge_jax/data/` (grain over TFDS
-array_record with the sentencepiece tokenizer and the real chat prompts): a bare ChatML turn per row, no system
-prompt, any tokenizer with `encode(text) -> list[int]`. `ByteTokenizer` is the fallback for random-init models.
+`ArrayBatches` + `render_examples` are the in-memory source for an agent's own JSONL rows (`algoforge sft` with
+`<agent>.train_data`): each row rendered by `data.chat.sft_example`, the renderer of the embedded default's grain
+pipeline too, with the full (not compact) prompts, so SFT shows the model exactly the prompts that `algoforge rl`,
+`eval` and `solve` give it. `ByteTokenizer` is the fallback `Tokenizer` for random-init models with no tokenizer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
 
 import jax
 import numpy as np
 
+from algoforge_jax.data.chat import sft_example
 from algoforge_jax.errors import UserError
-from algoforge_jax.jsonl import read_jsonl
-
-ROW_FIELDS = {"planner": ("task_id", "problem", "plan"), "coder": ("task_id", "problem", "plan", "code")}
+from algoforge_jax.tokenizer import Tokenizer
 
 
-class Encoder(Protocol):
-    def encode(self, text: str) -> list[int]: ...
 
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes as ids 0-255 and the three ChatML specials after them: 259 ids, no training, any text."""
 
-class ByteTokenizer:
-    """UTF-8 bytes shifted by one (id 0 is padding): 257 ids, no training, works for any text."""
-
-    vocab_size = 257
+    vocab_size, im_start_id, eos_id, pad_id = 259, 256, 257, 258
+    default_system = None
 
     def encode(self, text: str) -> list[int]:
-        return [b + 1 for b in text.encode("utf-8")]
+        return list(text.encode("utf-8"))
 
     def decode(self, ids) -> str:
-        return bytes(i - 1 for i in ids if 0 < i < 257).decode("utf-8", errors="replace")
+        names = {self.im_start_id: "<|im_start|>", self.eos_id: "<|im_end|>", self.pad_id: "<|endoftext|>"}
+        return "".join(names[i] if i in names else bytes([i]).decode("utf-8", errors="replace") for i in ids)
 
 
-def load_rows(path, agent: str) -> list[dict]:
-    """Planner rows {task_id, problem, plan} or Coder rows {..., code}; errors name file:line and the field."""
-    rows = []
-    for where, row in read_jsonl(path):
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: expected a JSON object")
-        for field in ROW_FIELDS[agent]:
-            if not isinstance(row.get(field), str) or not row[field]:
-                raise UserError(f"{where}: field {field!r} must be a non-empty string")
-        rows.append(row)
-    if not rows:
-        raise UserError(f"{path}: no rows")
-    return rows
-
-
-def render_rows(rows: list[dict], agent: str, tokenizer: Encoder, seq_len: int) -> dict[str, np.ndarray]:
-    """One ChatML user/assistant turn per row -> {tokens, loss_mask, valid} of shape [N, seq_len] (cut or padded)."""
-    tokens = np.zeros((len(rows), seq_len), np.int32)
+def render_examples(rows: list[dict], agent: str, tokenizer: Tokenizer, seq_len: int,
+                    compact: bool = False) -> dict[str, np.ndarray]:
+    """Rows (`data.datasets.read_rows`) as `chat.sft_example`s -> {tokens, loss_mask, valid} of shape
+    [N, seq_len]; a longer example is an error naming the row (cutting it would drop the end of the answer)."""
+    tokens = np.full((len(rows), seq_len), tokenizer.pad_id, np.int32)
     loss_mask = np.zeros((len(rows), seq_len), np.int32)
     valid = np.zeros((len(rows), seq_len), bool)
     for i, row in enumerate(rows):
-        user = row["problem"] if agent == "planner" else f"{row['problem']}\n\nPlan:\n{row['plan']}"
-        answer = row["plan"] if agent == "planner" else f"```python\n{row['code']}\n```"
-        prompt = tokenizer.encode(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
-        ids = (prompt + tokenizer.encode(f"{answer}<|im_end|>"))[:seq_len]
-        tokens[i, : len(ids)] = ids
-        loss_mask[i, len(prompt): len(ids)] = 1
-        valid[i, : len(ids)] = True
+        ids, mask = sft_example(tokenizer, agent, row, compact)
+        if len(ids) > seq_len:
+            raise UserError(f"row {row['task_id']!r}: its {agent} example is {len(ids)} tokens, longer than "
+                            f"seq_len {seq_len}; raise {agent}.seq_len (or data.seq_len)")
+        tokens[i, : len(ids)], loss_mask[i, : len(ids)], valid[i, : len(ids)] = ids, mask, True
     return {"tokens": tokens, "loss_mask": loss_mask, "valid": valid}
 
 
