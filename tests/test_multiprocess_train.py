@@ -81,5 +81,5 @@ def test_two_processes_train_what_one_does(tmp_path, name):
     one, two = tmp_path / "one" / stage.out, tmp_path / "two" / stage.out
     assert sorted(p.name for p in (two / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
     np.testing.assert_allclose(_losses(two), _losses(one), rtol=1e-6)
-    for a, b in zip(_params(two), _params(one), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    for a, b in zip(_params(two), _params(one), strict=True):  # weights ~1e-2: atol is 1e-4 of their scale
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
