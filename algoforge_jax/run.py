@@ -17,8 +17,9 @@ theirs every few steps), so rerunning the same command after Ctrl-C or SIGKILL g
 `D/run.json` keeps each finished stage's wall seconds; `wall_s` in the report is their sum over every attempt.
 
 The eval stage decodes as RL's own held-out evaluation does (rl.eval_temperature, eval_samples, eval_limit and the
-RL response budgets), so its pass@1 repeats rl/eval.json's and adds what that file does not keep: every sample,
-its verdict and the summary's runtime, memory and maintainability. Left out here: other benchmarks and modes
+RL response budgets) and adds what rl/eval.json does not keep: every sample, its verdict, and runtime, memory and
+maintainability. Its pass@1 can still differ from rl/eval.json's a little (`algoforge eval` also stops a response
+at <|endoftext|>, and pads prompts to other lengths); the report's pass@1 table takes rl/eval.json's. Left out here: other benchmarks and modes
 (`algoforge eval --workdir D ...` writes under D/eval, and `algoforge report --workdir D` adds them to the report).
 """
 
