@@ -3,14 +3,13 @@
 Stages, each a plain call of the library function its own command uses, handing results on through the workdir
 (the SPEC's layout) and nothing else:
 
-    data         the embedded default's problems, datasets and tokenizer      D/data/        (data.embedded)
-    sft-planner  cold-start SFT of the Planner                                D/sft-planner/ (algoforge sft)
-    sft-coder    cold-start SFT of the Coder                                  D/sft-coder/   (algoforge sft)
-    rl           collaborative GRPO of both, held-out pass@1 before and after D/rl/          (algoforge rl)
-    eval         the SFT pair and the RL pair on the held-out split           D/eval/synthetic-heldout/planner-coder/{sft,rl}/
-                 (samples, verdicts, runtime, memory, maintainability)                       (algoforge eval)
-    report       the run's numbers and plots gathered from its files          D/report.{json,md}, D/*.png
-                                                                                             (algoforge report)
+    data         the embedded default's problems, datasets and tokenizer       D/data/         (data.embedded)
+    sft-planner  cold-start SFT of the Planner                                 D/sft-planner/  (algoforge sft)
+    sft-coder    cold-start SFT of the Coder                                   D/sft-coder/    (algoforge sft)
+    rl           collaborative GRPO of both, held-out pass@1 before and after  D/rl/           (algoforge rl)
+    eval         the SFT pair and the RL pair on the held-out split: samples,  D/eval/HELDOUT/ (algoforge eval)
+                 verdicts, runtime, memory, maintainability                    planner-coder/{sft,rl}/
+    report       the run's numbers and plots gathered from its files           D/report.{json,md}, D/*.png
 
 A stage whose outputs exist is skipped; an interrupted one resumes from its own checkpoints (SFT and RL save
 theirs every few steps), so rerunning the same command after Ctrl-C or SIGKILL goes on where it stopped.
@@ -19,8 +18,9 @@ theirs every few steps), so rerunning the same command after Ctrl-C or SIGKILL g
 The eval stage decodes as RL's own held-out evaluation does (rl.eval_temperature, eval_samples, eval_limit and the
 RL response budgets) and adds what rl/eval.json does not keep: every sample, its verdict, and runtime, memory and
 maintainability. Its pass@1 can still differ from rl/eval.json's a little (`algoforge eval` also stops a response
-at <|endoftext|>, and pads prompts to other lengths); the report's pass@1 table takes rl/eval.json's. Left out here: other benchmarks and modes
-(`algoforge eval --workdir D ...` writes under D/eval, and `algoforge report --workdir D` adds them to the report).
+at <|endoftext|>, and pads prompts to other lengths); the report's pass@1 table takes rl/eval.json's. Left out
+here: other benchmarks and modes (`algoforge eval --workdir D ...` writes under D/eval, and
+`algoforge report --workdir D` adds them to the report).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The paper configs: every variant loads, and its two agents, optimizer states, references, sampler copy, KV cache
-and activations fit the memory of the hardware it names (printed as a table, `pytest -s`). Plus the memory
+and activations, for SFT and for the RL step its `rl` group runs, fit the memory of the hardware it names (printed
+as a table, `pytest -s`). Plus the memory
 arithmetic itself, against hand counts and against the shards a real training state puts on a device."""
 
 import runpy
@@ -15,6 +16,7 @@ from algoforge_jax.errors import UserError
 from algoforge_jax.models.qwen2 import preset
 from algoforge_jax.sharding import MeshConfig
 from algoforge_jax.models.build import init_model
+from algoforge_jax.rl.loop import check_batch_split
 from algoforge_jax.train.loop import make_trainer
 from algoforge_jax.train.state import init_state
 
@@ -28,11 +30,13 @@ VARIANTS = [(name, variant) for name in PAPER for variant in runpy.run_path(str(
 def test_paper_config_fits_its_hardware(name, variant):
     cfg = config_lib.load(CONFIGS / name, variant)
     hardware = memory.HARDWARE[variant]
-    rollout = runpy.run_path(str(CONFIGS / name))["rollout_shape"](variant)
+    rollout = memory.RolloutShape.from_config(cfg)
     mesh = memory.abstract_mesh(cfg, hardware)
     shards = sharding.batch_shards(mesh, sharding.TRAIN_RULES)
     assert cfg.data.batch_size % (cfg.train.grad_accum * shards) == 0  # whole rows on every device
-    assert rollout.micro_batch % shards == 0
+    check_batch_split(cfg.rl, shards)  # what `algoforge rl` checks before its first step
+    assert rollout.micro_batch % shards == 0 and rollout.kl and cfg.rl.grpo.kl_coef > 0
+    assert cfg.rl.planner_prompt_len + cfg.rl.planner_max_new_tokens <= cfg.model.qwen2().max_position_embeddings
     model = cfg.model.qwen2()
     assert model.num_key_value_heads % cfg.mesh.tensor == 0 and model.num_attention_heads % cfg.mesh.tensor == 0
     for stage, budget in (("SFT", memory.memory_budget(cfg, hardware)),
