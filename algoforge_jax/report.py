@@ -108,12 +108,12 @@ def pass_at_1_table(rl_eval: dict | None, evaluations: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------- examples
 
 
-def _problem_statements(workdir: Path, benchmark: str) -> dict[str, str]:
+def _heldout_statements(workdir: Path) -> dict[str, str]:
+    """task_id -> statement of the embedded default's held-out problems ({} when the run has no such file)."""
     from algoforge_jax.data.synthetic import EVAL_BENCHMARKS
 
-    path = workdir / "data" / "problems" / f"{EVAL_BENCHMARKS.get(benchmark, '')}.jsonl"
-    return {p["task_id"]: p["prompt"] for _, p in read_jsonl(path)} if benchmark in EVAL_BENCHMARKS and \
-        path.exists() else {}
+    path = workdir / "data" / "problems" / f"{EVAL_BENCHMARKS[HELDOUT]}.jsonl"
+    return {p["task_id"]: p["prompt"] for _, p in read_jsonl(path)} if path.exists() else {}
 
 
 def _judged(evaluation: dict) -> dict[tuple[str, int], dict]:
@@ -143,7 +143,7 @@ def examples(workdir: Path, evaluations: list[dict], k: int = SHOWN_EXAMPLES) ->
     rl, sft = last("rl"), last("sft")
     if rl is None:
         return []
-    statements = _problem_statements(workdir, HELDOUT)
+    statements = _heldout_statements(workdir)
     sft_judged = _judged(sft) if sft else {}
     judged = _judged(rl)
     chosen = pick_examples(list(judged.values()), k)
