@@ -133,23 +133,32 @@ def _add_seconds(workdir: Path, stage: str, seconds: float) -> None:
 
 
 def run_pipeline(cfg: config_lib.Config, workdir: Path) -> int:
-    """Runs every unfinished stage in order; returns the first non-zero exit code, or 0."""
+    """Runs every unfinished stage in order; returns the first non-zero exit code, or 0. With several processes
+    (`--distributed`) each runs every stage's training and sampling; process 0 alone prints, keeps run.json and
+    writes the report."""
+    import jax
+
+    main = jax.process_index() == 0
+    say = _say if main else lambda text: None
     workdir.mkdir(parents=True, exist_ok=True)
     for i, stage in enumerate(STAGES, 1):
         if stage != "report" and _done(workdir, stage):
-            _say(f"[{i}/{len(STAGES)}] {stage}: done earlier, skipped")
+            say(f"[{i}/{len(STAGES)}] {stage}: done earlier, skipped")
             continue
-        _say(f"[{i}/{len(STAGES)}] {stage} ...")
+        if stage == "report" and not main:
+            return 0
+        say(f"[{i}/{len(STAGES)}] {stage} ...")
         start = time.perf_counter()
         code = _run_stage(cfg, workdir, stage)
-        _add_seconds(workdir, stage, time.perf_counter() - start)
+        if main:
+            _add_seconds(workdir, stage, time.perf_counter() - start)
         if code:
-            _say(f"{stage} stopped with exit code {code}; rerun the same command to resume")
+            say(f"{stage} stopped with exit code {code}; rerun the same command to resume")
             return code
     report = json.loads((workdir / "report.json").read_text())
     scores = report["pass@1"][HELDOUT][MODE]
-    _say(f"held-out pass@1 of Planner->Coder: SFT {scores['sft']:.3f} -> RL {scores['rl']:.3f} "
-         f"({report['wall_s']:.0f} s); report in {workdir / 'report.md'}")
+    say(f"held-out pass@1 of Planner->Coder: SFT {scores['sft']:.3f} -> RL {scores['rl']:.3f} "
+        f"({report['wall_s']:.0f} s); report in {workdir / 'report.md'}")
     return 0
 
 
