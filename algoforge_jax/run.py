@@ -13,7 +13,8 @@ Stages, each a plain call of the library function its own command uses, handing 
 
 A stage whose outputs exist is skipped; an interrupted one resumes from its own checkpoints (SFT and RL save
 theirs every few steps), so rerunning the same command after Ctrl-C or SIGKILL goes on where it stopped.
-`D/run.json` keeps each finished stage's wall seconds; `wall_s` in the report is their sum over every attempt.
+`D/run.json` keeps each stage's wall seconds over every attempt; `wall_s` in the report is their sum up to the
+report stage (which cannot time itself).
 
 The eval stage decodes as RL's own held-out evaluation does (rl.eval_temperature, eval_samples, eval_limit and the
 RL response budgets) and adds what rl/eval.json does not keep: every sample, its verdict, and runtime, memory and
