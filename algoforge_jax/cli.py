@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("algoforge_jax.sft", "cold-start supervised fine-tuning of one agent (planner or coder)"),
     "rl": ("algoforge_jax.rl.cli", "collaborative GRPO of the Planner and the Coder on sandbox rewards"),
     "run": ("algoforge_jax.run", "the whole recipe on the embedded default: data, SFT of both agents, GRPO, report"),
+    "report": ("algoforge_jax.report", "a run's report.md, report.json and plots, from the files in its workdir"),
     "score": ("eval.score", "run completions in the sandbox against a benchmark's tests"),
     "build-data": ("algoforge_jax.build_data", "Planner/Coder datasets by rejection sampling from a teacher model"),
     "eval": ("algoforge_jax.evaluate", "generate with the agents (direct, cot or planner-coder) and score; pass@k out"),

@@ -44,11 +44,12 @@ class ModelConfig:
     tie_word_embeddings: bool = True  # used when preset is ""
     dtype: str = "float32"  # compute dtype of activations and matmuls (bfloat16 on accelerators)
     param_dtype: str = "float32"  # dtype of the master weights the optimizer updates
+    remat: str = "none"  # what a layer keeps for the backward pass: none | full | dots (models.qwen2.REMAT_POLICIES)
     seed: int = 0  # random init seed when an agent has no init checkpoint
 
     def qwen2(self) -> Qwen2Config:
         """The model's Qwen2Config, validated (a bad preset or dtype is a one-line error)."""
-        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat)
         try:
             if self.preset:
                 return preset(self.preset, **dtypes)

@@ -56,7 +56,7 @@ HARDWARE = {
 
 @dataclasses.dataclass(frozen=True)
 class RolloutShape:
-    """The sizes of one collaborative RL step that memory depends on (the RL config will carry them)."""
+    """The sizes of one collaborative RL step that memory depends on (`from_config`: those of a config's rl group)."""
 
     problems: int  # problems per RL step
     num_plans: int  # Gp: plans per problem
@@ -67,6 +67,16 @@ class RolloutShape:
     coder_new_tokens: int
     micro_batch: int  # rows per policy-gradient micro-batch (global)
     kl: bool = True  # a frozen reference per agent (GRPO's KL term)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> RolloutShape:
+        """The sizes `algoforge rl` runs `cfg.rl` with. Each agent's update splits its rows into rl.grad_accum
+        micro-batches, so the Coder's (num_programs times the Planner's rows) is the largest micro-batch."""
+        rl = cfg.rl
+        coder_rows = rl.problems_per_step * rl.num_plans * rl.num_programs
+        return cls(rl.problems_per_step, rl.num_plans, rl.num_programs, rl.planner_prompt_len,
+                   rl.planner_max_new_tokens, rl.coder_prompt_len, rl.coder_max_new_tokens,
+                   micro_batch=coder_rows // rl.grad_accum, kl=rl.grpo.kl_coef > 0)
 
     @property
     def train_len(self) -> int:
@@ -181,15 +191,19 @@ def activation_bytes_per_row(cfg: Config, model_cfg: Qwen2Config, seq_len: int) 
 
     Measured on 1- and 2-layer copies of the model (a full-depth trace takes a minute) and extended to its depth,
     which is exact because every decoder layer keeps the same residuals; differences over 1 and 2 rows cancel
-    the weights, which the residuals hold too.
+    the weights, which the residuals hold too. Under rematerialisation (`remat` other than none) the backward pass
+    reruns one layer at a time and holds that layer's full residuals meanwhile, so one layer's are added.
     """
-    def per_row(layers: int) -> int:
-        small = model_cfg.replace(num_hidden_layers=layers)
+    def per_row(layers: int, remat: str) -> int:
+        small = model_cfg.replace(num_hidden_layers=layers, remat=remat)
         return (_residual_bytes(small, seq_len, 2, cfg.train.logprob_chunk)
                 - _residual_bytes(small, seq_len, 1, cfg.train.logprob_chunk))
 
-    one, two = per_row(1), per_row(2)
-    return one + (model_cfg.num_hidden_layers - 1) * (two - one)
+    one, two = per_row(1, model_cfg.remat), per_row(2, model_cfg.remat)
+    kept = one + (model_cfg.num_hidden_layers - 1) * (two - one)
+    if model_cfg.remat == "none":
+        return kept
+    return kept + per_row(2, "none") - per_row(1, "none")
 
 
 @functools.lru_cache(maxsize=64)

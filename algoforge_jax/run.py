@@ -3,18 +3,25 @@
 Stages, each a plain call of the library function its own command uses, handing results on through the workdir
 (the SPEC's layout) and nothing else:
 
-    data         the embedded default's problems, datasets and tokenizer      D/data/        (data.embedded)
-    sft-planner  cold-start SFT of the Planner                                D/sft-planner/ (algoforge sft)
-    sft-coder    cold-start SFT of the Coder                                  D/sft-coder/   (algoforge sft)
-    rl           collaborative GRPO of both, held-out pass@1 before and after D/rl/          (algoforge rl)
-    report       the run's numbers gathered from its files                    D/report.{json,md}
+    data         the embedded default's problems, datasets and tokenizer       D/data/         (data.embedded)
+    sft-planner  cold-start SFT of the Planner                                 D/sft-planner/  (algoforge sft)
+    sft-coder    cold-start SFT of the Coder                                   D/sft-coder/    (algoforge sft)
+    rl           collaborative GRPO of both, held-out pass@1 before and after  D/rl/           (algoforge rl)
+    eval         the SFT pair and the RL pair on the held-out split: samples,  D/eval/HELDOUT/ (algoforge eval)
+                 verdicts, runtime, memory, maintainability                    planner-coder/{sft,rl}/
+    report       the run's numbers and plots gathered from its files           D/report.{json,md}, D/*.png
 
 A stage whose outputs exist is skipped; an interrupted one resumes from its own checkpoints (SFT and RL save
 theirs every few steps), so rerunning the same command after Ctrl-C or SIGKILL goes on where it stopped.
-`D/run.json` keeps each finished stage's wall seconds; `wall_s` in the report is their sum over every attempt.
+`D/run.json` keeps each stage's wall seconds over every attempt; `wall_s` in the report is their sum up to the
+report stage (which cannot time itself).
 
-Left out here (see the README's status): plots in the report, and evaluation of other benchmarks and modes
-inside the pipeline (`algoforge eval` does those).
+The eval stage decodes as RL's own held-out evaluation does (rl.eval_temperature, eval_samples, eval_limit and the
+RL response budgets) and adds what rl/eval.json does not keep: every sample, its verdict, and runtime, memory and
+maintainability. Its pass@1 can still differ from rl/eval.json's a little (`algoforge eval` also stops a response
+at <|endoftext|>, and pads prompts to other lengths); the report's pass@1 table takes rl/eval.json's. Left out
+here: other benchmarks and modes (`algoforge eval --workdir D ...` writes under D/eval, and
+`algoforge report --workdir D` adds them to the report).
 """
 
 from __future__ import annotations
@@ -27,14 +34,10 @@ from pathlib import Path
 
 from algoforge_jax import config as config_lib
 from algoforge_jax.errors import UserError
+from algoforge_jax.report import HELDOUT, MODE, write_report
 
-# The metrics the report shows of each stage's last step (the metrics files hold every one).
-REPORTED = {"sft-planner": ("step", "loss", "eval_loss"), "sft-coder": ("step", "loss", "eval_loss"),
-            "rl": ("step", "pass_rate", "planner/reward_mean", "coder/reward_mean", "planner/kl", "coder/kl",
-                   "planner/clip_fraction", "coder/clip_fraction")}
-STAGES = ("data", "sft-planner", "sft-coder", "rl", "report")
-HELDOUT = "synthetic-heldout"
-MODE = "planner-coder"
+STAGES = ("data", "sft-planner", "sft-coder", "rl", "eval", "report")
+EVALUATED = ("sft", "rl")  # the pairs the eval stage evaluates
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +63,8 @@ def _done(workdir: Path, stage: str) -> bool:
         eval_json = workdir / "rl" / "eval.json"
         return all((workdir / "rl" / a / "model").exists() for a in config_lib.AGENTS) and eval_json.exists() \
             and "after" in json.loads(eval_json.read_text())
+    if stage == "eval":
+        return all((eval_dir(workdir, pair) / "summary.json").exists() for pair in EVALUATED)
     return (workdir / "report.json").exists()
 
 
@@ -80,8 +85,41 @@ def _run_stage(cfg: config_lib.Config, workdir: Path, stage: str) -> int:
         from algoforge_jax.rl.loop import run_rl
 
         return run_rl(cfg, workdir)
+    if stage == "eval":
+        pending = [pair for pair in EVALUATED if not (eval_dir(workdir, pair) / "summary.json").exists()]
+        return next((code for code in (evaluate_pair(cfg, workdir, pair) for pair in pending) if code), 0)
     write_report(workdir)
     return 0
+
+
+def eval_dir(workdir: Path, pair: str) -> Path:
+    return workdir / "eval" / HELDOUT / MODE / pair
+
+
+def eval_flags(cfg: config_lib.Config, workdir: Path, pair: str) -> list[str]:
+    """`algoforge eval` flags evaluating the `pair` ("sft" or "rl") models on the held-out split as RL's own
+    evaluation does (its decoding, budgets, problems; compact prompts: the embedded default's tokenizer)."""
+    rl = cfg.rl
+    models = {a: workdir / "rl" / a / "model" if pair == "rl" else workdir / f"sft-{a}" / "model"
+              for a in config_lib.AGENTS}
+    flags = ["--benchmark", HELDOUT, "--mode", MODE, "--workdir", str(workdir), "--out", str(eval_dir(workdir, pair)),
+             "--planner", str(models["planner"]), "--coder", str(models["coder"]), "--compact",
+             "--temperature", str(rl.eval_temperature), "--seed", str(rl.seed), "--dtype", cfg.model.dtype,
+             "--planner-max-new-tokens", str(rl.planner_max_new_tokens),
+             "--coder-max-new-tokens", str(rl.coder_max_new_tokens), "--workers", str(rl.sandbox_workers)]
+    flags += ["--n", str(rl.eval_samples)] if rl.eval_temperature > 0 else []
+    flags += ["--limit", str(rl.eval_limit)] if rl.eval_limit else []
+    return flags + (["--problems", rl.eval_problems] if rl.eval_problems else [])
+
+
+def evaluate_pair(cfg: config_lib.Config, workdir: Path, pair: str) -> int:
+    """`algoforge eval` (evaluate.main) with eval_flags: samples, results and summary under eval_dir."""
+    from algoforge_jax import evaluate
+
+    parser = argparse.ArgumentParser(prog="algoforge eval")
+    evaluate.configure(parser)
+    _say(f"eval: the {pair.upper()} pair on {HELDOUT}")
+    return evaluate.main(parser.parse_args(eval_flags(cfg, workdir, pair)))
 
 
 def _timings(workdir: Path) -> dict:
@@ -96,69 +134,33 @@ def _add_seconds(workdir: Path, stage: str, seconds: float) -> None:
 
 
 def run_pipeline(cfg: config_lib.Config, workdir: Path) -> int:
-    """Runs every unfinished stage in order; returns the first non-zero exit code, or 0."""
+    """Runs every unfinished stage in order; returns the first non-zero exit code, or 0. With several processes
+    (`--distributed`) each runs every stage's training and sampling; process 0 alone prints, keeps run.json and
+    writes the report."""
+    import jax
+
+    main = jax.process_index() == 0
+    say = _say if main else lambda text: None
     workdir.mkdir(parents=True, exist_ok=True)
     for i, stage in enumerate(STAGES, 1):
         if stage != "report" and _done(workdir, stage):
-            _say(f"[{i}/{len(STAGES)}] {stage}: done earlier, skipped")
+            say(f"[{i}/{len(STAGES)}] {stage}: done earlier, skipped")
             continue
-        _say(f"[{i}/{len(STAGES)}] {stage} ...")
+        if stage == "report" and not main:
+            return 0
+        say(f"[{i}/{len(STAGES)}] {stage} ...")
         start = time.perf_counter()
         code = _run_stage(cfg, workdir, stage)
-        _add_seconds(workdir, stage, time.perf_counter() - start)
+        if main:
+            _add_seconds(workdir, stage, time.perf_counter() - start)
         if code:
-            _say(f"{stage} stopped with exit code {code}; rerun the same command to resume")
+            say(f"{stage} stopped with exit code {code}; rerun the same command to resume")
             return code
     report = json.loads((workdir / "report.json").read_text())
     scores = report["pass@1"][HELDOUT][MODE]
-    _say(f"held-out pass@1 of Planner->Coder: SFT {scores['sft']:.3f} -> RL {scores['rl']:.3f} "
-         f"({report['wall_s']:.0f} s); report in {workdir / 'report.md'}")
+    say(f"held-out pass@1 of Planner->Coder: SFT {scores['sft']:.3f} -> RL {scores['rl']:.3f} "
+        f"({report['wall_s']:.0f} s); report in {workdir / 'report.md'}")
     return 0
-
-
-def _last_metrics(path: Path) -> dict:
-    """The last line of a metrics.jsonl (its final step), or {}."""
-    if not path.exists():
-        return {}
-    lines = path.read_text().splitlines()
-    return json.loads(lines[-1]) if lines else {}
-
-
-def write_report(workdir: Path) -> dict:
-    """`report.json` and `report.md` from the run's own files: RL's before/after held-out evaluation, the last
-    training metrics of each stage, and the stage timings."""
-    evaluation = json.loads((workdir / "rl" / "eval.json").read_text())
-    before, after = evaluation["before"], evaluation["after"]
-    timings = _timings(workdir)["stage_seconds"]
-    report = {
-        "pass@1": {HELDOUT: {MODE: {"sft": before["pass_at_1"], "rl": after["pass_at_1"]}}},
-        "evaluation": evaluation,
-        "final_metrics": {name: _last_metrics(workdir / name / "metrics.jsonl")
-                          for name in ("sft-planner", "sft-coder", "rl")},
-        "stage_seconds": timings,
-        "wall_s": round(sum(timings.values()), 3),
-    }
-    (workdir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    (workdir / "report.md").write_text(_markdown(report))
-    return report
-
-
-def _markdown(report: dict) -> str:
-    scores = report["pass@1"][HELDOUT][MODE]
-    ev = report["evaluation"]["after"]
-    lines = ["# AlgoForge run report", "",
-             f"Held-out pass@1 of the Planner->Coder pair on `{HELDOUT}` ({ev['problems']} problems, "
-             f"temperature {ev['temperature']}):", "",
-             "| stage | pass@1 |", "| --- | --- |",
-             f"| after SFT | {scores['sft']:.3f} |", f"| after RL | {scores['rl']:.3f} |", "",
-             "## Final training metrics", ""]
-    for name, metrics in report["final_metrics"].items():
-        shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in REPORTED[name] if k in metrics)
-        lines.append(f"- `{name}`: {shown or 'none'}")
-    lines += ["", "## Wall time", "", "| stage | seconds |", "| --- | --- |"]
-    lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in report["stage_seconds"].items()]
-    lines += [f"| total | {report['wall_s']:.1f} |", ""]
-    return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,7 +1,9 @@
 """The paper configs: every variant loads, and its two agents, optimizer states, references, sampler copy, KV cache
-and activations fit the memory of the hardware it names (printed as a table, `pytest -s`). Plus the memory
-arithmetic itself, against hand counts and against the shards a real training state puts on a device."""
+and activations, for SFT and for the RL step its `rl` group runs, fit the memory of the hardware it names (printed
+as a table, `pytest -s`). Plus the memory arithmetic itself, against hand counts and against the shards a real
+training state puts on a device."""
 
+import dataclasses
 import runpy
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from algoforge_jax.errors import UserError
 from algoforge_jax.models.qwen2 import preset
 from algoforge_jax.sharding import MeshConfig
 from algoforge_jax.models.build import init_model
+from algoforge_jax.rl.loop import check_batch_split
 from algoforge_jax.train.loop import make_trainer
 from algoforge_jax.train.state import init_state
 
@@ -28,11 +31,13 @@ VARIANTS = [(name, variant) for name in PAPER for variant in runpy.run_path(str(
 def test_paper_config_fits_its_hardware(name, variant):
     cfg = config_lib.load(CONFIGS / name, variant)
     hardware = memory.HARDWARE[variant]
-    rollout = runpy.run_path(str(CONFIGS / name))["rollout_shape"](variant)
+    rollout = memory.RolloutShape.from_config(cfg)
     mesh = memory.abstract_mesh(cfg, hardware)
     shards = sharding.batch_shards(mesh, sharding.TRAIN_RULES)
     assert cfg.data.batch_size % (cfg.train.grad_accum * shards) == 0  # whole rows on every device
-    assert rollout.micro_batch % shards == 0
+    check_batch_split(cfg.rl, shards)  # what `algoforge rl` checks before its first step
+    assert rollout.micro_batch % shards == 0 and rollout.kl and cfg.rl.grpo.kl_coef > 0
+    assert rollout.train_len <= cfg.model.qwen2().max_position_embeddings and cfg.model.remat == "full"
     model = cfg.model.qwen2()
     assert model.num_key_value_heads % cfg.mesh.tensor == 0 and model.num_attention_heads % cfg.mesh.tensor == 0
     for stage, budget in (("SFT", memory.memory_budget(cfg, hardware)),
@@ -109,3 +114,36 @@ def test_fits_compares_the_peak_with_the_usable_memory():
     assert exact.fits and "fits: yes" in exact.table() and exact.peak > exact.phase("persistent") > 0
     assert not short.fits and "fits: NO" in short.table()
     assert exact.peak == exact.phase("persistent") + max(exact.phase("rollout"), exact.phase("train"))
+
+
+def test_rollout_shape_reads_the_rl_group():
+    cfg = config_lib.load(CONFIGS / "qwen2p5_coder_7b_instruct.py", "8xh100")
+    rl, rollout = cfg.rl, memory.RolloutShape.from_config(cfg)
+    assert (rollout.problems, rollout.num_plans, rollout.num_programs) == (rl.problems_per_step, rl.num_plans,
+                                                                          rl.num_programs)
+    assert rollout.sampler_rows()["coder"] == (rl.problems_per_step * rl.num_plans * rl.num_programs,
+                                               rl.coder_prompt_len + rl.coder_max_new_tokens)
+    assert rollout.micro_batch * rl.grad_accum == rollout.sampler_rows()["coder"][0] and rollout.kl
+
+
+def test_remat_keeps_the_layer_inputs_and_one_rerun_layer():
+    """Under full remat a row keeps each layer's input, plus one layer's full residuals while it is rerun."""
+    cfg = _tiny()
+    plain = cfg.model.qwen2()
+    full = dataclasses.replace(cfg.model, remat="full").qwen2()
+    assert full.remat == "full"
+
+    def per_layer(model_cfg) -> int:  # what one more layer adds to a row's residuals
+        two, one = (memory._residual_bytes(model_cfg.replace(num_hidden_layers=n), 32, 2, 16)
+                    - memory._residual_bytes(model_cfg.replace(num_hidden_layers=n), 32, 1, 16) for n in (2, 1))
+        return two - one
+
+    rows = {m.remat: memory.activation_bytes_per_row(cfg, m, 32) for m in (plain, full)}
+    assert per_layer(full) < per_layer(plain) and rows["full"] < rows["none"]
+    deep = full.replace(num_hidden_layers=5)
+    assert memory.activation_bytes_per_row(cfg, deep, 32) - rows["full"] == 3 * per_layer(full)
+
+
+def test_a_bad_remat_is_a_one_line_error():
+    with pytest.raises(UserError, match="config model: remat must be one of"):
+        ModelConfig(remat="some").qwen2()

@@ -25,22 +25,30 @@ def test_pipeline_writes_the_report_and_a_rerun_skips_every_stage(tmp_path):
     first = _run(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     for path in ("data/problems/heldout.jsonl", "sft-planner/model", "sft-coder/model", "sft-planner/metrics.jsonl",
-                 "rl/planner/model", "rl/coder/model", "rl/metrics.jsonl", "rl/eval.json", "report.md"):
+                 "rl/planner/model", "rl/coder/model", "rl/metrics.jsonl", "rl/eval.json", "report.md",
+                 "eval/synthetic-heldout/planner-coder/sft/summary.json",
+                 "eval/synthetic-heldout/planner-coder/rl/samples.jsonl"):
         assert (tmp_path / path).exists(), path
     report = json.loads((tmp_path / "report.json").read_text())
     evaluation = json.loads((tmp_path / "rl" / "eval.json").read_text())
     scores = report["pass@1"]["synthetic-heldout"]["planner-coder"]
     assert scores == {"sft": evaluation["before"]["pass_at_1"], "rl": evaluation["after"]["pass_at_1"]}
     stages = json.loads((tmp_path / "run.json").read_text())["stage_seconds"]
-    assert set(stages) == {"data", "sft-planner", "sft-coder", "rl", "report"}
-    assert report["wall_s"] == pytest.approx(sum(stages.values()), abs=1e-2)
+    assert set(stages) == {"data", "sft-planner", "sft-coder", "rl", "eval", "report"}
+    assert report["plots"] == {"sft": "sft_loss.png", "rl": "rl_curves.png"}
+    for plot in report["plots"].values():
+        assert (tmp_path / plot).read_bytes()[:4] == b"\x89PNG" and f"]({plot})" in (tmp_path / "report.md").read_text()
+    assert {(e["stage"], e["n_tasks"]) for e in report["evaluations"]} == {("sft", 4), ("rl", 4)}
+    assert len(report["examples"]) == 3
+    # the report is written before its own stage's seconds are
+    assert report["wall_s"] == pytest.approx(sum(stages.values()) - stages["report"], abs=1e-2)
     assert [json.loads(l)["step"] for l in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
     model_files = sorted(p.stat().st_mtime_ns for p in (tmp_path / "rl").rglob("*") if p.is_file()
                          and "model" in p.parts)
     again = _run(tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    for stage in ("data", "sft-planner", "sft-coder", "rl"):
+    for stage in ("data", "sft-planner", "sft-coder", "rl", "eval"):
         assert f"{stage}: done earlier, skipped" in again.stderr
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "rl").rglob("*") if p.is_file()
                   and "model" in p.parts) == model_files

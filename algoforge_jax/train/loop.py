@@ -38,7 +38,8 @@ def build_model(cfg: Config, init: str, mesh):
     """The starting model in the training layout: the agent's init checkpoint, else a random one."""
     rules = sharding.TRAIN_RULES
     if init:
-        return checkpoints.load_pretrained(init, mesh, rules, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype)
+        return checkpoints.load_pretrained(init, mesh, rules, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
+                                           remat=cfg.model.remat)
     return init_model(cfg.model.qwen2(), mesh, rules, seed=cfg.model.seed)
 
 
