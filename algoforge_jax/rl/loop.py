@@ -143,7 +143,7 @@ def make_agent(cfg: Config, name: str, init: Path, tokenizer: Tokenizer, mesh) -
     """(the agent, its step-0 TrainState) from the model at `init`."""
     rl, rules = cfg.rl, sharding.TRAIN_RULES
     load = lambda: checkpoints.load_pretrained(init, mesh, rules, dtype=cfg.model.dtype,  # noqa: E731
-                                               param_dtype=cfg.model.param_dtype)
+                                               param_dtype=cfg.model.param_dtype, remat=cfg.model.remat)
     model = load()
     graphdef, abstract = abstract_model(model.config, mesh, rules)
     tx = make_optimizer(rl_train_config(cfg))
@@ -266,6 +266,8 @@ def _read_eval(out: Path) -> dict:
 
 
 def _write_eval(out: Path, report: dict, when: str) -> None:
+    """Every process writes the (identical) file: each reads it back on resume to decide, in step with the others,
+    whether the evaluation still has to run (it is collective)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
     if jax.process_index() == 0:
