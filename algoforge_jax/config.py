@@ -120,6 +120,7 @@ class RLConfig:
     coder_max_new_tokens: int = 96  # program budget
     learning_rate: float = 1e-4  # constant after warmup_steps (optimizer updates)
     warmup_steps: int = 0
+    adam_eps: float = 0.0  # AdamW epsilon of the RL updates; 0 = train.eps (see the README on noisy gradients)
     grad_accum: int = 1  # micro-batches per update; every agent's batch (P*Gp, P*Gp*Gc rows) must divide by it
     dynamic_sampling: bool = False  # redraw problems whose programs all earn one reward (see rl/rollout.py)
     grpo: GRPOConfig = GRPOConfig()
@@ -182,6 +183,8 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"config rl: need temperature > 0, 0 < top_p <= 1, eval_temperature >= 0 and "
                         f"learning_rate > 0, got {rl.temperature}, {rl.top_p}, {rl.eval_temperature}, "
                         f"{rl.learning_rate}")
+    if not rl.adam_eps >= 0:
+        raise UserError(f"config rl.adam_eps: must be >= 0 (0 = train.eps), got {rl.adam_eps}")
     planner_rows = rl.problems_per_step * rl.num_plans
     if planner_rows % rl.grad_accum or planner_rows * rl.num_programs % rl.grad_accum:
         raise UserError(f"config rl.grad_accum ({rl.grad_accum}) must divide both agents' rows per step "

@@ -133,10 +133,12 @@ class Agent:
 
 
 def rl_train_config(cfg: Config):
-    """The `train` group's optimizer with the RL learning rate, warmup and a constant rate (one step per update)."""
+    """The `train` group's optimizer with the RL learning rate, warmup, epsilon and a constant rate (one step per
+    update)."""
     rl = cfg.rl
     return dataclasses.replace(cfg.train, steps=max(rl.steps * rl.grpo.num_iterations, 2),
-                               learning_rate=rl.learning_rate, warmup_steps=rl.warmup_steps, end_lr_ratio=1.0)
+                               learning_rate=rl.learning_rate, warmup_steps=rl.warmup_steps, end_lr_ratio=1.0,
+                               eps=rl.adam_eps or cfg.train.eps)
 
 
 def make_agent(cfg: Config, name: str, init: Path, tokenizer: Tokenizer, mesh) -> tuple[Agent, TrainState]:
