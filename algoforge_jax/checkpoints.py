@@ -138,23 +138,46 @@ BASE_FINGERPRINT = "lora_base_fingerprint"  # model_config field of an adapted c
 
 
 def load_pretrained(path, mesh: Mesh, rules: sharding.ShardingRules, lora: LoRAConfig | None = None,
-                    seed: int = 0, **overrides) -> Qwen2ForCausalLM:
+                    seed: int = 0, base: dict | None = None, **overrides) -> Qwen2ForCausalLM:
     """A model from either a Hugging Face directory or an orbax checkpoint of ours.
 
-    With `lora` (rank > 0) the model gets adapters: an adapted checkpoint keeps its own (its rank must be
-    `lora.rank`), a plain model is loaded as the frozen base, stored in the compute dtype, and gets fresh
-    adapters seeded by `seed`."""
+    With `lora` (rank > 0) the model gets adapters: an adapted checkpoint keeps its own (its adapters' config must
+    be `lora`), a plain model is loaded as the frozen base, stored in the compute dtype, and gets fresh adapters
+    seeded by `seed`. `base`, the frozen parameters of a model already loaded that has the same base, is then
+    used as it is instead of reading the base again (see `load_sharing_base`)."""
     lora = lora or LoRAConfig()
     saved = read_pretrained_config(path).lora
     if saved.rank:
         if lora.rank and lora != saved:
             raise UserError(f"{path}: its adapters are {saved}, the config asks for {lora}")
-        return load_model(path, mesh, rules, **overrides)
+        return load_model(path, mesh, rules, base=base, **overrides)
     if not lora.rank:
         return _load_plain(path, mesh, rules, **overrides)
     cfg = read_pretrained_config(path, **overrides).replace(lora=lora)
-    base = _load_plain(path, mesh, rules, **{**overrides, "param_dtype": cfg.dtype})
+    if base is None:
+        plain = _load_plain(path, mesh, rules, **{**overrides, "param_dtype": cfg.dtype})
+        base = nnx.to_pure_dict(nnx.state(plain, nnx.Param))
     return add_adapters(base, cfg, mesh, rules, seed)
+
+
+def load_sharing_base(paths: dict[str, str], mesh: Mesh, rules: sharding.ShardingRules,
+                      lora: LoRAConfig | None = None, seed: int = 0, **overrides) -> dict[str, Qwen2ForCausalLM]:
+    """{name: `load_pretrained(path)`} for several models, the i-th seeded `seed + i`. Models with adapters whose
+    base is the same (one path, or adapted checkpoints with equal base fingerprints) share one copy of it on the
+    device: the base is read once, each model's adapters are its own."""
+    models: dict[str, Qwen2ForCausalLM] = {}
+    for i, (name, path) in enumerate(paths.items()):
+        twin = next((m for n, m in models.items() if m.config.lora.rank and _same_base(paths[n], path)), None)
+        base = None if twin is None else lora_lib.split(nnx.state(twin))[0]
+        models[name] = load_pretrained(path, mesh, rules, lora, seed + i, base=base, **overrides)
+    return models
+
+
+def _same_base(a, b) -> bool:
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    fingerprint = base_fingerprint(a)
+    return fingerprint is not None and fingerprint == base_fingerprint(b)
 
 
 def _load_plain(path, mesh: Mesh, rules: sharding.ShardingRules, **overrides) -> Qwen2ForCausalLM:

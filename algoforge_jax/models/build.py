@@ -43,13 +43,12 @@ def init_model(cfg: Qwen2Config, mesh: Mesh, rules: sharding.ShardingRules, seed
     return nnx.merge(graphdef, state)
 
 
-def add_adapters(base: Qwen2ForCausalLM, cfg: Qwen2Config, mesh: Mesh, rules: sharding.ShardingRules,
+def add_adapters(frozen: dict, cfg: Qwen2Config, mesh: Mesh, rules: sharding.ShardingRules,
                  seed: int = 0) -> Qwen2ForCausalLM:
-    """The model of `cfg` (which has adapters) around `base`'s weights, its adapters fresh (A random, B zero) and
-    created already sharded. The base arrays are taken as they are, not copied: two models given one base share
-    it on the device."""
+    """The model of `cfg` (which has adapters) on the base weights `frozen` (a plain model's parameters as a pure
+    dict), its adapters fresh (A random, B zero) and created already sharded. The base arrays are taken as they
+    are, not copied: two models given one base share it on the device."""
     graphdef, abstract = abstract_model(cfg, mesh, rules)
-    frozen = nnx.to_pure_dict(nnx.state(base, nnx.Param))
     out_shardings = jax.tree.map(lambda x: x.sharding, lora.split(abstract)[1])
 
     def create(key):  # XLA drops the base's random init: only the adapters are outputs
