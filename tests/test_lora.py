@@ -269,3 +269,75 @@ def test_sampler_takes_new_adapters_without_recompiling(models, mesh):
     want = plain.generate(nnx.state(merged), prompts)
     np.testing.assert_array_equal(out.tokens, want.tokens)
     np.testing.assert_allclose(out.model_logprobs, want.model_logprobs, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ exports
+
+
+@pytest.fixture(scope="module")
+def hf_adapted(tmp_path_factory):
+    """(a random HF base directory, the transformers model, our adapted checkpoint on that base with nonzero
+    adapters, our adapted model)."""
+    from hf_tiny import save_hf_model
+
+    root = tmp_path_factory.mktemp("hf")
+    hf = save_hf_model(root / "base")
+    mesh = one_device_mesh()
+    model = checkpoints.load_pretrained(root / "base", mesh, sharding.TRAIN_RULES, lora=LORA, seed=2)
+    model = _perturbed(model, scale=0.05)  # the HF model's weights are ~0.1: adapters of the same order
+    return root / "base", hf, checkpoints.save_model(root / "adapted", model), model
+
+
+def _convert(*args):
+    from algoforge_jax.cli import main as cli_main
+
+    return cli_main(["convert", "orbax-to-hf", *map(str, args)])
+
+
+def test_merged_export_loads_in_transformers_and_matches(hf_adapted, tmp_path):
+    import transformers
+    from hf_tiny import forward, hf_logits, tokens_and_mask
+
+    _, _, ckpt, model = hf_adapted
+    assert _convert("--ckpt", ckpt, "--out", tmp_path / "merged", "--merge-lora", "--dtype", "float32") == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    ids, valid = tokens_and_mask()
+    ours = np.asarray(forward(model, ids, valid))
+    np.testing.assert_allclose(hf_logits(hf, ids, valid)[valid], ours[valid], atol=1e-4, rtol=1e-4)
+
+
+def test_adapter_only_export_loads_with_peft_onto_the_base_and_matches(hf_adapted, tmp_path):
+    import peft
+    from hf_tiny import forward, hf_logits, tokens_and_mask
+
+    base_dir, hf, ckpt, model = hf_adapted
+    out = tmp_path / "adapter"
+    assert _convert("--ckpt", ckpt, "--out", out, "--adapter-only", "--base-model", base_dir, "--dtype",
+                    "float32") == 0
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["lora_alpha"] == 8 and config["base_model_name_or_path"] == str(base_dir)
+    adapted = peft.PeftModel.from_pretrained(hf, out).eval()
+    assert sum(n.endswith("lora_A.default.weight") for n, _ in adapted.named_parameters()) == 2 * 7
+    ids, valid = tokens_and_mask()
+    ours = np.asarray(forward(model, ids, valid))
+    np.testing.assert_allclose(hf_logits(adapted, ids, valid)[valid], ours[valid], atol=1e-4, rtol=1e-4)
+    with adapted.disable_adapter():  # and the base alone is our base alone, which the adapters do change
+        base = np.asarray(forward(nnx.merge(*_plain(model)), ids, valid))
+        np.testing.assert_allclose(hf_logits(adapted, ids, valid)[valid], base[valid], atol=1e-4, rtol=1e-4)
+    assert np.abs(base - ours)[valid].max() > 1e-2
+
+
+def _plain(model):
+    """(graphdef, params) of `model`'s base: the plain model's graph with the adapted model's frozen half."""
+    plain = nnx.eval_shape(lambda: type(model)(model.config.replace(lora=LoRAConfig()), rngs=nnx.Rngs(0)))
+    return nnx.graphdef(plain), lora.split(nnx.state(model))[0]
+
+
+def test_lora_checkpoints_need_a_lora_export_flag(hf_adapted, tmp_path):
+    base_dir, _, ckpt, _ = hf_adapted
+    with pytest.raises(UserError, match="has LoRA adapters \\(rank 4\\); pass --merge-lora .* or --adapter-only"):
+        _convert("--ckpt", ckpt, "--out", tmp_path / "x")
+    plain = checkpoints.save_model(tmp_path / "plain", checkpoints.load_pretrained(base_dir, one_device_mesh(),
+                                                                                   sharding.TRAIN_RULES))
+    with pytest.raises(UserError, match="has no LoRA adapters; --merge-lora needs"):
+        _convert("--ckpt", plain, "--out", tmp_path / "y", "--merge-lora")
