@@ -2,7 +2,8 @@
 
 Variants (`--config-arg`): `8xh200` (default, one node of 8 x 141 GB) and `tpu-v5p-64` (32 chips of 95 GB,
 8 hosts). Not 8 x H100: two 14B agents with fp32 AdamW, references, a sampler copy and one 1024-token row of
-activations need ~105 GiB a device there; the LoRA variant (one shared bf16 base) is the way onto 80 GB GPUs.
+activations need ~105 GiB a device there. The LoRA variants `1xh200-lora` and `1xh100-lora` put both agents on
+ONE GPU instead: rank-64 adapters on one shared frozen bf16 base (59 GiB at peak; see the README's LoRA section).
 Get the weights once, then on a GPU node (`pip install -e '.[cuda]'`):
 
     huggingface-cli download Qwen/Qwen2.5-Coder-14B-Instruct --local-dir models/Qwen2.5-Coder-14B-Instruct
@@ -35,6 +36,8 @@ MODEL = "models/Qwen2.5-Coder-14B-Instruct"  # HF directory (or orbax checkpoint
 VARIANTS = {
     "8xh200": (MeshConfig(fsdp=4, tensor=2), 64, 1024, 16),
     "tpu-v5p-64": (MeshConfig(fsdp=8, tensor=4), 128, 1024, 32),
+    "1xh200-lora": (MeshConfig(fsdp=1), 64, 1024, 8),  # LoRA: both agents on one 141 GB GPU
+    "1xh100-lora": (MeshConfig(fsdp=1), 64, 1024, 8),  # LoRA: both agents on one 80 GB GPU
 }
 
 

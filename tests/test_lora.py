@@ -5,6 +5,7 @@ new adapter weights without recompiling, and SFT and GRPO run with adapters on a
 Everything is tiny, random and real: real orbax, real transformers and peft models, the real sampler and sandbox.
 """
 
+import dataclasses
 import json
 
 import jax
@@ -341,3 +342,52 @@ def test_lora_checkpoints_need_a_lora_export_flag(hf_adapted, tmp_path, capsys):
                                                                                    sharding.TRAIN_RULES))
     assert _convert("--ckpt", plain, "--out", tmp_path / "y", "--merge-lora") == 2
     assert "has no LoRA adapters; --merge-lora needs" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+
+@pytest.mark.slow  # the budget traces the activations too: ~40 s on 2 busy cores
+def test_lora_budget_matches_a_real_training_state_shard():
+    """memory_budget's base, adapter and AdamW bytes equal what device 0 holds of a real adapted TrainState."""
+    from test_configs import _tiny
+
+    from algoforge_jax import memory
+    from algoforge_jax.train.loop import build_model, make_trainer
+    from algoforge_jax.train.state import init_state
+
+    cfg = config_lib.override(_tiny(fsdp=4, tensor=2), "lora.rank", "4")
+    mesh = sharding.make_mesh(cfg.mesh)
+    model = build_model(cfg, "", mesh)
+    frozen = lora.split(nnx.state(model))[0]
+    trainer = make_trainer(cfg, model.config, mesh, frozen=frozen)
+    state = init_state(model, trainer.tx, trainer.shardings, seed=0)
+    device = jax.devices()[0]
+
+    def on_device(tree) -> int:
+        return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards
+                   if s.device == device and x.ndim > 0)
+
+    items = {item: b for _, item, b in memory.memory_budget(cfg, memory.Hardware("cpu", 8, 10**9)).items}
+    assert items["frozen base x1, shared (float32)"] == on_device(frozen)
+    assert items["adapters x1 (float32)"] == on_device(state.params)
+    assert items["AdamW moments x1"] == on_device(state.opt_state)
+
+
+@pytest.mark.slow  # abstract 7B models and 1- and 2-layer residual traces: ~20 s
+def test_adapter_bytes_by_hand_on_7b():
+    """Rank r on all seven projections of Qwen2.5-7B, fp32 on one device: r (in + out) per projection and layer."""
+    from algoforge_jax import memory
+    from algoforge_jax.config import Config, ModelConfig
+    from algoforge_jax.models.qwen2 import preset
+
+    cfg = Config(model=ModelConfig(preset="qwen2.5-7b", dtype="bfloat16"), mesh=sharding.MeshConfig(fsdp=1),
+                 lora=LoRAConfig(rank=16))
+    m = preset("qwen2.5-7b")
+    D, F, L, NH, KH = (m.hidden_size, m.intermediate_size, m.num_hidden_layers, m.num_attention_heads * m.head_size,
+                       m.num_key_value_heads * m.head_size)
+    per_layer = 16 * (2 * (D + NH) + 2 * (D + KH) + 3 * (D + F))
+    items = {item: b for _, item, b in memory.memory_budget(cfg, memory.HARDWARE["1xh100"]).items}
+    assert items["adapters x1 (float32)"] == 4 * L * per_layer
+    full = memory.memory_budget(dataclasses.replace(cfg, lora=LoRAConfig()), memory.HARDWARE["1xh100"])
+    assert items["frozen base x1, shared (bfloat16)"] * 2 == dict((i, b) for _, i, b in full.items)["params x1 (float32)"]
