@@ -391,3 +391,18 @@ def test_adapter_bytes_by_hand_on_7b():
     assert items["adapters x1 (float32)"] == 4 * L * per_layer
     full = memory.memory_budget(dataclasses.replace(cfg, lora=LoRAConfig()), memory.HARDWARE["1xh100"])
     assert items["frozen base x1, shared (bfloat16)"] * 2 == dict((i, b) for _, i, b in full.items)["params x1 (float32)"]
+
+
+@pytest.mark.slow  # residual traces of two models: ~30 s
+def test_memory_benchmark_prints_the_ratio(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "lora_memory.py"
+    spec = importlib.util.spec_from_file_location("bench_lora_memory", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--configs", "tiny", "--rank", "4"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny"))
+    full, adapted, ratio = (cell.strip("* x") for cell in row.split("|")[3:6])
+    assert float(full) > float(adapted) > 0 and float(ratio) == pytest.approx(float(full) / float(adapted), 0.01)
