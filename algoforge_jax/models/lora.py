@@ -121,8 +121,3 @@ def fingerprint(params: dict) -> str:
 
     leaves = jax.tree.leaves(params)
     return f"{int(checksum(leaves)):08x}-{sum(x.size for x in leaves)}"
-
-
-def split_like(params: dict, like: dict) -> dict:
-    """The entries of `params` at the paths of `like` (e.g. a full gradient's adapter half)."""
-    return {k: split_like(params[k], v) if isinstance(v, dict) else params[k] for k, v in like.items()}
