@@ -163,6 +163,9 @@ def test_the_shared_base_is_read_once(models, mesh, tmp_path):
     want = checkpoints.load_pretrained(second, mesh, sharding.TRAIN_RULES)
     tokens, valid = _tokens()
     np.testing.assert_array_equal(np.asarray(b(tokens, valid)[0]), np.asarray(want(tokens, valid)[0]))
+    pair = checkpoints.load_sharing_base({"planner": first, "coder": second}, mesh, sharding.TRAIN_RULES, LORA)
+    bases = [jax.tree.leaves(lora.split(nnx.state(m))[0]) for m in pair.values()]
+    assert all(x is y for x, y in zip(*bases))  # found by the fingerprint: one copy on the device
 
 
 # ------------------------------------------------------------------------------------------------ training
