@@ -108,16 +108,16 @@ def join(frozen: dict, trainable: dict) -> dict:
 def fingerprint(params: dict) -> str:
     """A position-sensitive checksum of the arrays' bits (hex): two checkpoints with equal fingerprints hold the
     same frozen base, so it can be loaded once for both. Computed on the devices, one pass over the weights."""
-    uint = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
-
-    @jax.jit
-    def checksum(leaves):
-        total = jnp.uint32(0)
-        for k, x in enumerate(leaves):
-            bits = jax.lax.bitcast_convert_type(x, uint[x.dtype.itemsize]).astype(jnp.uint32).reshape(-1)
-            weights = jnp.arange(1, bits.size + 1, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(k)
-            total = total * jnp.uint32(31) + jnp.sum(bits * weights, dtype=jnp.uint32)
-        return total
-
     leaves = jax.tree.leaves(params)
-    return f"{int(checksum(leaves)):08x}-{sum(x.size for x in leaves)}"
+    return f"{int(_checksum(leaves)):08x}-{sum(x.size for x in leaves)}"
+
+
+@jax.jit
+def _checksum(leaves) -> jax.Array:
+    uint = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
+    total = jnp.uint32(0)
+    for k, x in enumerate(leaves):
+        bits = jax.lax.bitcast_convert_type(x, uint[x.dtype.itemsize]).astype(jnp.uint32).reshape(-1)
+        weights = jnp.arange(1, bits.size + 1, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(k)
+        total = total * jnp.uint32(31) + jnp.sum(bits * weights, dtype=jnp.uint32)
+    return total
