@@ -57,7 +57,8 @@ def _at_paths_of(params: dict, like: dict) -> dict:
 def models(mesh):
     """(plain model, the same weights with fresh adapters, and with trained-looking adapters)."""
     base = init_model(CFG, mesh, sharding.TRAIN_RULES, seed=0)
-    fresh = add_adapters(nnx.to_pure_dict(nnx.state(base, nnx.Param)), CFG.replace(lora=LORA), mesh, sharding.TRAIN_RULES, seed=3)
+    frozen = nnx.to_pure_dict(nnx.state(base, nnx.Param))
+    fresh = add_adapters(frozen, CFG.replace(lora=LORA), mesh, sharding.TRAIN_RULES, seed=3)
     return base, fresh, _perturbed(fresh)
 
 
@@ -398,7 +399,8 @@ def test_adapter_bytes_by_hand_on_7b():
     items = {item: b for _, item, b in memory.memory_budget(cfg, memory.HARDWARE["1xh100"]).items}
     assert items["adapters x1 (float32)"] == 4 * L * per_layer
     full = memory.memory_budget(dataclasses.replace(cfg, lora=LoRAConfig()), memory.HARDWARE["1xh100"])
-    assert items["frozen base x1, shared (bfloat16)"] * 2 == dict((i, b) for _, i, b in full.items)["params x1 (float32)"]
+    full_params = dict((i, b) for _, i, b in full.items)["params x1 (float32)"]
+    assert items["frozen base x1, shared (bfloat16)"] * 2 == full_params
 
 
 @pytest.mark.slow  # residual traces of two models: ~30 s
