@@ -8,8 +8,9 @@ merging of files and no YAML: a file that wants a variant builds it with `datacl
 Planner and Coder share one code path: the tree has one `model`, `train` and `mesh` for both agents and two
 instances of `AgentConfig` (`planner`, `coder`) for what differs between them (their data and starting weights).
 The RL stage's knobs are `rl` (`RLConfig`), whose loss and reward groups are `rl/grpo.py`'s `GRPOConfig` and
-`rl/rewards.py`'s `RewardConfig` themselves (validated by their own constructors). Left out on purpose: the data
-pipeline's packing options.
+`rl/rewards.py`'s `RewardConfig` themselves (validated by their own constructors); `lora` is `models/lora.py`'s
+`LoRAConfig` (`--set lora.rank=16` trains adapters on a frozen base). Left out on purpose: the data pipeline's
+packing options.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import typing
 from pathlib import Path
 
 from algoforge_jax.errors import UserError
+from algoforge_jax.models.lora import LoRAConfig
 from algoforge_jax.models.qwen2 import PRESETS, Qwen2Config, preset
 from algoforge_jax.rl.grpo import GRPOConfig
 from algoforge_jax.rl.rewards import RewardConfig
@@ -148,6 +150,7 @@ class Config:
     planner: AgentConfig = AgentConfig()
     coder: AgentConfig = AgentConfig()
     rl: RLConfig = RLConfig()
+    lora: LoRAConfig = LoRAConfig()  # adapters on a frozen base for SFT and RL; rank 0 = full fine-tuning
 
     def agent(self, name: str) -> AgentConfig:
         if name not in AGENTS:

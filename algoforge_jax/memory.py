@@ -11,6 +11,11 @@ The budget has three parts, because the RL loop never holds the last two at once
   train phase   one agent's gradients (twice when micro-batches are accumulated) and one micro-batch's activations.
 Peak = persistent + the larger phase. SFT trains one agent with no reference, sampler or cache.
 
+With adapters (`cfg.lora.rank` > 0) the persistent part is one frozen base in the compute dtype, shared by both
+agents (they start from one checkpoint), each agent's adapters and their AdamW moments; the references are that
+base (no bytes), the sampler reads the base as it lies when the two layouts agree (one device) and keeps one
+sampling-layout copy otherwise; gradients and activations are those of the adapters' backward pass.
+
 Deliberately left out: XLA's scratch buffers and fragmentation (the capacity is cut by `Hardware.usable`
 instead), the sampler's logits and the rollout's token arrays (megabytes).
 """
@@ -29,6 +34,7 @@ from jax.sharding import AbstractMesh, AxisType
 
 from algoforge_jax import sharding
 from algoforge_jax.config import Config
+from algoforge_jax.models import lora
 from algoforge_jax.models.build import abstract_model
 from algoforge_jax.models.qwen2 import KVCache, Qwen2Config, Qwen2ForCausalLM
 from algoforge_jax.train.state import make_optimizer
@@ -48,6 +54,8 @@ class Hardware:
 
 
 HARDWARE = {
+    "1xh100": Hardware("1xh100", 1, 80 * 10**9),
+    "1xh200": Hardware("1xh200", 1, 141 * 10**9),
     "8xh100": Hardware("8xh100", 8, 80 * 10**9),
     "8xh200": Hardware("8xh200", 8, 141 * 10**9),
     "tpu-v5p-64": Hardware("tpu-v5p-64", 32, 95 * 10**9),  # 32 chips (64 TensorCores), 4 per host
@@ -134,11 +142,13 @@ def abstract_mesh(cfg: Config, hardware: Hardware) -> AbstractMesh:
 def memory_budget(cfg: Config, hardware: Hardware, rollout: RolloutShape | None = None) -> Budget:
     """The per-device budget of SFT (`rollout` None: one agent) or of collaborative RL (both agents)."""
     mesh = abstract_mesh(cfg, hardware)
-    model_cfg = cfg.model.qwen2()
-    params = _train_params(model_cfg, mesh)
+    model_cfg = cfg.model.qwen2().replace(lora=cfg.lora)
+    frozen, params = _train_params(model_cfg, mesh)
     agents = 1 if rollout is None else 2
-    items = [("persistent", f"params x{agents} ({cfg.model.param_dtype})", agents * _shard_bytes(params)),
-             ("persistent", f"AdamW moments x{agents}", agents * _optimizer_bytes(cfg, params))]
+    items = [("persistent", f"frozen base x1, shared ({cfg.model.dtype})", _shard_bytes(frozen))] if frozen else []
+    items += [("persistent", f"{'adapters' if frozen else 'params'} x{agents} ({cfg.model.param_dtype})",
+               agents * _shard_bytes(params)),
+              ("persistent", f"AdamW moments x{agents}", agents * _optimizer_bytes(cfg, params))]
     if rollout is not None:
         items += _rl_items(cfg, model_cfg, mesh, params, rollout)
     items += _train_items(cfg, model_cfg, mesh, params, rollout)
@@ -164,14 +174,30 @@ def _rl_items(cfg: Config, model_cfg: Qwen2Config, mesh, params, rollout: Rollou
     """The references (stored in the compute dtype, laid out like the trained weights), and the rollout phase: the
     sampler's copy of one agent in the master dtype (`sharding.reshard` moves weights, it does not cast them) and
     the KV cache of the larger sampler call."""
-    items = []
-    if rollout.kl:
-        ref = sum(_bytes_of(x.sharding.shard_shape(x.shape), model_cfg.compute_dtype) for x in params)
-        items.append(("persistent", f"frozen references x2 ({cfg.model.dtype})", 2 * ref))
-    sampler = _shard_bytes(_abstract_params(model_cfg, mesh, sharding.SAMPLE_RULES))
-    items.append(("rollout", "sampler weights (one agent, sampling layout)", sampler))
+    if model_cfg.lora.rank:
+        items = _lora_rl_items(model_cfg, mesh, rollout)
+    else:
+        items = []
+        if rollout.kl:
+            ref = sum(_bytes_of(x.sharding.shard_shape(x.shape), model_cfg.compute_dtype) for x in params)
+            items.append(("persistent", f"frozen references x2 ({cfg.model.dtype})", 2 * ref))
+        sampler = _shard_bytes(sum(_abstract_params(model_cfg, mesh, sharding.SAMPLE_RULES), ()))
+        items.append(("rollout", "sampler weights (one agent, sampling layout)", sampler))
     cache = max(kv_cache_bytes(model_cfg, mesh, rows, length) for rows, length in rollout.sampler_rows().values())
     items.append(("rollout", "KV cache (larger agent's call)", cache))
+    return items
+
+
+def _lora_rl_items(model_cfg: Qwen2Config, mesh, rollout: RolloutShape) -> list:
+    """The references are the shared base (no bytes); the sampler's base is that base itself where both layouts
+    agree, else one sampling-layout copy kept for the run; the adapters move to the sampler each step."""
+    items = [("persistent", "frozen references: the base, adapters off", 0)] if rollout.kl else []
+    (train_base, _), (sample_base, sample_adapters) = (_abstract_params(model_cfg, mesh, rules) for rules in
+                                                       (sharding.TRAIN_RULES, sharding.SAMPLE_RULES))
+    same = all(a.sharding.is_equivalent_to(b.sharding, a.ndim) for a, b in zip(train_base, sample_base))
+    items.append(("persistent", "sampler base (the base itself)" if same else "sampler base (sampling layout)",
+                  0 if same else _shard_bytes(sample_base)))
+    items.append(("rollout", "sampler adapters (one agent, sampling layout)", _shard_bytes(sample_adapters)))
     return items
 
 
@@ -187,7 +213,8 @@ def kv_cache_bytes(model_cfg: Qwen2Config, mesh, rows: int, length: int) -> int:
 
 
 def activation_bytes_per_row(cfg: Config, model_cfg: Qwen2Config, seq_len: int) -> int:
-    """Bytes the backward pass keeps per row of `seq_len` tokens: the vjp residuals of the SFT loss.
+    """Bytes the backward pass keeps per row of `seq_len` tokens: the vjp residuals of the SFT loss (with respect
+    to the trainable parameters: the adapters when `model_cfg` has them).
 
     Measured on 1- and 2-layer copies of the model (a full-depth trace takes a minute) and extended to its depth,
     which is exact because every decoder layer keeps the same residuals; differences over 1 and 2 rows cancel
@@ -209,15 +236,16 @@ def activation_bytes_per_row(cfg: Config, model_cfg: Qwen2Config, seq_len: int) 
 @functools.lru_cache(maxsize=64)
 def _residual_bytes(model_cfg: Qwen2Config, seq_len: int, rows: int, chunk_len: int) -> int:
     graphdef, state = nnx.split(nnx.eval_shape(lambda: _model(model_cfg)))
-    params = nnx.to_pure_dict(state)
+    frozen, params = lora.split(state)
     batch = {"tokens": jax.ShapeDtypeStruct((rows, seq_len), jnp.int32),
              "loss_mask": jax.ShapeDtypeStruct((rows, seq_len), jnp.int32),
              "valid": jax.ShapeDtypeStruct((rows, seq_len), jnp.bool_)}
 
-    def residuals(params, batch):
-        return jax.vjp(lambda p: loss_sums(graphdef, p, batch, chunk_len)[0], params)[1]
+    def residuals(params, frozen, batch):
+        return jax.vjp(lambda p: loss_sums(graphdef, p, batch, chunk_len, frozen)[0], params)[1]
 
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(jax.eval_shape(residuals, params, batch)))
+    out = jax.eval_shape(residuals, params, frozen, batch)
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(out))
 
 
 def _model(model_cfg: Qwen2Config) -> Qwen2ForCausalLM:
@@ -225,12 +253,13 @@ def _model(model_cfg: Qwen2Config) -> Qwen2ForCausalLM:
 
 
 @functools.lru_cache(maxsize=16)  # an abstract 7B model takes seconds to build; budgets ask for it repeatedly
-def _abstract_params(model_cfg: Qwen2Config, mesh, rules) -> tuple[jax.ShapeDtypeStruct, ...]:
+def _abstract_params(model_cfg: Qwen2Config, mesh, rules) -> tuple[tuple[jax.ShapeDtypeStruct, ...], ...]:
+    """(frozen, trainable) leaves of the abstract model (`lora.split`): frozen is empty without adapters."""
     _, abstract = abstract_model(model_cfg, mesh, rules)
-    return tuple(jax.tree.leaves(nnx.to_pure_dict(abstract)))
+    return tuple(tuple(jax.tree.leaves(half)) for half in lora.split(abstract))
 
 
-def _train_params(model_cfg: Qwen2Config, mesh) -> tuple[jax.ShapeDtypeStruct, ...]:
+def _train_params(model_cfg: Qwen2Config, mesh) -> tuple[tuple[jax.ShapeDtypeStruct, ...], ...]:
     return _abstract_params(model_cfg, mesh, sharding.TRAIN_RULES)
 
 

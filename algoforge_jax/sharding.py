@@ -81,6 +81,7 @@ class ShardingRules:
     norm: MeshAxes = None  # norm weights (length D)
     cache_len: MeshAxes = None  # KV-cache positions
     layers: MeshAxes = None  # the stacked decoder layers (scanned over, so never split)
+    lora_rank: MeshAxes = None  # the rank axis of LoRA adapters (a few dozen wide: replicated)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):

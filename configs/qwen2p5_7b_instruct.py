@@ -2,8 +2,10 @@
 then collaborative RL.
 
 Variants (`--config-arg`): `8xh100` (default, one node of 8 x 80 GB), `8xh200` (8 x 141 GB), `tpu-v5p-64`
-(32 chips of 95 GB, 8 hosts). The recipe and where each value comes from (ours, except GRPO's β = 0.04
-and ε = 0.2) are in `algoforge_jax/paper_configs.py`; this file holds the variant table.
+(32 chips of 95 GB, 8 hosts), and `1xh100-lora`: both agents on ONE 80 GB GPU, rank-64 adapters on one shared
+frozen bf16 base (32 GiB at peak; the README's LoRA section has the commands). The recipe and where each value
+comes from (ours, except GRPO's β = 0.04 and ε = 0.2) are in `algoforge_jax/paper_configs.py`; this file holds the
+variant table.
 
 Get the weights once, then on a GPU node (`pip install -e '.[cuda]'`), the stages in order:
 
@@ -46,6 +48,7 @@ VARIANTS = {
     "8xh100": (MeshConfig(fsdp=4, tensor=2), 64, 1024, 16),
     "8xh200": (MeshConfig(fsdp=4, tensor=2), 64, 2048, 16),
     "tpu-v5p-64": (MeshConfig(fsdp=8, tensor=4), 128, 2048, 32),
+    "1xh100-lora": (MeshConfig(fsdp=1), 64, 1024, 8),  # LoRA: both agents on one 80 GB GPU
 }
 
 

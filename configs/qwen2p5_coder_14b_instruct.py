@@ -4,10 +4,10 @@ Variants (`--config-arg`): `8xh200` (default, one node of 8 x 141 GB) and `tpu-v
 8 hosts). The recipe and where each value comes from (ours, except GRPO's β = 0.04 and ε = 0.2) are in
 `algoforge_jax/paper_configs.py`; this file holds the variant table.
 
-Not 8 x H100: two 14B agents' fp32 weights and AdamW moments and their bf16 references hold 48 GiB a device, and
-the rollout's sampler copy (fp32, replicated over fsdp) adds 28: 82 GiB against 67 usable. More fsdp does not help
-(the sampler copy grows), host offload and bf16 moments are not implemented; issue 15's LoRA (one shared bf16
-base) is the way onto 80 GB GPUs.
+Not 8 x H100 with full fine-tuning: two 14B agents' fp32 weights and AdamW moments and their bf16 references hold
+48 GiB a device, and the rollout's sampler copy (fp32, replicated over fsdp) adds 28: 82 GiB against 67 usable.
+The LoRA variants `1xh200-lora` and `1xh100-lora` put both agents on ONE GPU instead: rank-64 adapters on one
+shared frozen bf16 base (59 GiB at peak; see the README's LoRA section).
 
 Get the weights once, then on a GPU node (`pip install -e '.[cuda]'`), the stages in order:
 
@@ -50,6 +50,8 @@ MODEL = "models/Qwen2.5-Coder-14B-Instruct"  # HF directory (or orbax checkpoint
 VARIANTS = {
     "8xh200": (MeshConfig(fsdp=4, tensor=2), 64, 1024, 16),
     "tpu-v5p-64": (MeshConfig(fsdp=8, tensor=4), 128, 1024, 32),
+    "1xh200-lora": (MeshConfig(fsdp=1), 64, 1024, 8),  # LoRA: both agents on one 141 GB GPU
+    "1xh100-lora": (MeshConfig(fsdp=1), 64, 1024, 8),  # LoRA: both agents on one 80 GB GPU
 }
 
 

@@ -1,6 +1,7 @@
 """The paper configs: every variant loads, and its two agents, optimizer states, references, sampler copy, KV cache
 and activations, for SFT and for the RL step its `rl` group runs, fit the memory of the hardware it names (printed
-as a table, `pytest -s`). Plus the memory arithmetic itself, against hand counts and against the shards a real
+as a table, `pytest -s`); the `-lora` variants put both 7B agents on one 80 GB GPU and both Coder-14B agents on one
+141 GB (or 80 GB) GPU. Plus the memory arithmetic itself, against hand counts and against the shards a real
 training state puts on a device."""
 
 import dataclasses
@@ -30,7 +31,7 @@ VARIANTS = [(name, variant) for name in PAPER for variant in runpy.run_path(str(
 @pytest.mark.parametrize("name,variant", VARIANTS)
 def test_paper_config_fits_its_hardware(name, variant):
     cfg = config_lib.load(CONFIGS / name, variant)
-    hardware = memory.HARDWARE[variant]
+    hardware = memory.HARDWARE[variant.removesuffix("-lora")]
     rollout = memory.RolloutShape.from_config(cfg)
     mesh = memory.abstract_mesh(cfg, hardware)
     shards = sharding.batch_shards(mesh, sharding.TRAIN_RULES)
@@ -40,6 +41,7 @@ def test_paper_config_fits_its_hardware(name, variant):
     assert rollout.train_len <= cfg.model.qwen2().max_position_embeddings and cfg.model.remat == "full"
     model = cfg.model.qwen2()
     assert model.num_key_value_heads % cfg.mesh.tensor == 0 and model.num_attention_heads % cfg.mesh.tensor == 0
+    assert cfg.lora.rank == (64 if variant.endswith("-lora") else 0)
     for stage, budget in (("SFT", memory.memory_budget(cfg, hardware)),
                           ("RL", memory.memory_budget(cfg, hardware, rollout))):
         print(f"\n{name} {variant} {stage}\n{budget.table()}")

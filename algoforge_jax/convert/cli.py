@@ -22,6 +22,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="safetensors dtype (default: the dtype of the checkpoint the model came from)")
     b.add_argument("--max-shard-size", default="4GB", help="split safetensors above this size, e.g. 500MB, 4GB")
+    adapters = b.add_mutually_exclusive_group()
+    adapters.add_argument("--merge-lora", action="store_true",
+                          help="LoRA checkpoint: write a plain HF model with the adapters merged into the weights")
+    adapters.add_argument("--adapter-only", action="store_true",
+                          help="LoRA checkpoint: write only the adapters, as a PEFT directory (adapter_config.json + "
+                               "adapter_model.safetensors) for peft.PeftModel.from_pretrained(base, OUT)")
+    b.add_argument("--base-model", default="",
+                   help="with --adapter-only: base_model_name_or_path to record (the HF export of the base)")
 
 
 def parse_size(text: str) -> int:
@@ -33,6 +41,16 @@ def parse_size(text: str) -> int:
             except ValueError:
                 break
     raise UserError(f"--max-shard-size: cannot read {text!r}; write e.g. 500MB or 4GB")
+
+
+def _check_adapters(args: argparse.Namespace, rank: int) -> None:
+    """An adapted checkpoint needs one of the two LoRA exports; a plain one takes neither."""
+    if rank and not (args.merge_lora or args.adapter_only):
+        raise UserError(f"{args.ckpt}: has LoRA adapters (rank {rank}); pass --merge-lora (a plain HF model) or "
+                        f"--adapter-only (a PEFT adapter directory)")
+    if not rank and (args.merge_lora or args.adapter_only):
+        flag = "--merge-lora" if args.merge_lora else "--adapter-only"
+        raise UserError(f"{args.ckpt}: has no LoRA adapters; {flag} needs a checkpoint trained with lora.rank > 0")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -51,8 +69,18 @@ def main(args: argparse.Namespace) -> int:
     else:
         max_shard = parse_size(args.max_shard_size)
         model = checkpoints.load_model(args.ckpt, mesh, sharding.TRAIN_RULES)
-        out = export_hf(model, args.out, tokenizer_dir=checkpoints.sidecar_dir(args.ckpt), dtype=args.dtype,
-                        max_shard_bytes=max_shard)
+        _check_adapters(args, model.config.lora.rank)
+        if args.adapter_only:
+            from algoforge_jax.convert.peft import export_peft
+
+            out = export_peft(model, args.out, base_model=args.base_model, dtype=args.dtype)
+        else:
+            if args.merge_lora:
+                from algoforge_jax.models.build import merge_adapters
+
+                model = merge_adapters(model, mesh, sharding.TRAIN_RULES)
+            out = export_hf(model, args.out, tokenizer_dir=checkpoints.sidecar_dir(args.ckpt), dtype=args.dtype,
+                            max_shard_bytes=max_shard)
     if jax.process_index() == 0:
         print(json.dumps({"out": str(out), "config": model.config.to_hf_config()["architectures"][0],
                           "layers": model.config.num_hidden_layers}))

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algoforge_jax.errors import UserError
+from algoforge_jax.models.lora import Adapter, LoRAConfig
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -65,6 +66,8 @@ class Qwen2Config:
     # How to run, not what the model is: neither is saved with a checkpoint or exported.
     remat: str = "none"  # per-layer rematerialisation for training: none / full / dots (REMAT_POLICIES)
     scan_layers: bool = True  # False: unroll the layer scan at trace time (L copies of the layer in the program)
+    # Adapters (models/lora.py): saved with an orbax checkpoint, never part of an HF config.
+    lora: LoRAConfig = LoRAConfig()
 
     def __post_init__(self):
         if self.num_attention_heads % self.num_key_value_heads:
@@ -89,6 +92,12 @@ class Qwen2Config:
     @property
     def weight_dtype(self) -> jnp.dtype:
         return _DTYPES[self.param_dtype]
+
+    @property
+    def base_dtype(self) -> jnp.dtype:
+        """How the base weights are stored: as trained (param_dtype), or in the compute dtype when adapters train
+        and the base is frozen (no master copy is needed for weights that never change)."""
+        return self.compute_dtype if self.lora.rank else self.weight_dtype
 
     def replace(self, **changes) -> "Qwen2Config":
         return dataclasses.replace(self, **changes)
@@ -233,7 +242,20 @@ def preset(name: str, **overrides) -> Qwen2Config:
 
 def _param(rngs: nnx.Rngs, shape, axes, cfg: Qwen2Config, init=None) -> nnx.Param:
     init = init or nnx.initializers.normal(0.02)
-    return nnx.Param(init(rngs.params(), shape, cfg.weight_dtype), logical_axes=axes)
+    return nnx.Param(init(rngs.params(), shape, cfg.base_dtype), logical_axes=axes)
+
+
+def _adapters(cfg: Qwen2Config, rngs: nnx.Rngs, shapes: dict) -> nnx.Dict | None:
+    """{target: Adapter} for the targets among `shapes` ({target: (in shape, in axes, out shape, out axes)}) that
+    cfg.lora adapts; None without any, so a model without adapters has exactly the parameters it always had."""
+    adapters = {t: Adapter(t, *shape, cfg.lora, cfg.weight_dtype, rngs) for t, shape in shapes.items()
+                if cfg.lora.adapts(t)}
+    return nnx.Dict(adapters) if adapters else None
+
+
+def _adapted(x, out, adapters: nnx.Dict | None, target: str, dtype):
+    """`out` (x through the base kernel of `target`) plus the target's adapter output, if it has one."""
+    return out + adapters[target](x, dtype) if adapters is not None and target in adapters else out
 
 
 class RMSNorm(nnx.Module):
@@ -332,17 +354,21 @@ class Attention(nnx.Module):
         self.v_proj = _param(rngs, (D, K, H), ("embed", "kv_heads", "head_dim"), cfg)
         self.v_bias = _param(rngs, (K, H), ("kv_heads", "head_dim"), cfg, zeros)
         self.o_proj = _param(rngs, (N, H, D), ("q_heads", "head_dim", "embed"), cfg)
+        embed, q, kv = ((D,), ("embed",)), ((N, H), ("q_heads", "head_dim")), ((K, H), ("kv_heads", "head_dim"))
+        self.lora = _adapters(cfg, rngs, {"q": (*embed, *q), "k": (*embed, *kv), "v": (*embed, *kv),
+                                                   "o": (*q, *embed)})
         self.cfg = cfg
 
-    def _project(self, x_BTD, kernel, bias):
+    def _project(self, x_BTD, kernel, bias, target):
         dt = self.cfg.compute_dtype
-        return jnp.einsum("BTD,DNH->BTNH", x_BTD, kernel[...].astype(dt)) + bias[...].astype(dt)
+        out_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, kernel[...].astype(dt)) + bias[...].astype(dt)
+        return _adapted(x_BTD, out_BTNH, self.lora, target, dt)
 
     def __call__(self, x_BTD, positions_BT, mask_BTS, cache: LayerCache | None, end):
         cfg = self.cfg
-        q_BTNH = rope(self._project(x_BTD, self.q_proj, self.q_bias), positions_BT, cfg.rope_theta)
-        k_BTKH = rope(self._project(x_BTD, self.k_proj, self.k_bias), positions_BT, cfg.rope_theta)
-        v_BTKH = self._project(x_BTD, self.v_proj, self.v_bias)
+        q_BTNH = rope(self._project(x_BTD, self.q_proj, self.q_bias, "q"), positions_BT, cfg.rope_theta)
+        k_BTKH = rope(self._project(x_BTD, self.k_proj, self.k_bias, "k"), positions_BT, cfg.rope_theta)
+        v_BTKH = self._project(x_BTD, self.v_proj, self.v_bias, "v")
         # Heads-major layouts, keys stored transposed: both attention matmuls are then plain batched
         # [rows, contract] x [contract, cols] products over (B, K), with no per-step re-layout of the cache.
         k_BKHS, v_BKSH = k_BTKH.transpose(0, 2, 3, 1), v_BTKH.transpose(0, 2, 1, 3)
@@ -351,7 +377,7 @@ class Attention(nnx.Module):
             k_BKHS, v_BKSH = k_BKHS.astype(x_BTD.dtype), v_BKSH.astype(x_BTD.dtype)
         out_BTNH = attend(q_BTNH, k_BKHS, v_BKSH, mask_BTS)
         out_BTD = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.o_proj[...].astype(cfg.compute_dtype))
-        return out_BTD, cache
+        return _adapted(out_BTNH, out_BTD, self.lora, "o", cfg.compute_dtype), cache
 
 
 def attend(q_BTNH, k_BKHS, v_BKSH, mask_BTS):
@@ -375,12 +401,17 @@ class MLP(nnx.Module):
         self.gate_proj = _param(rngs, (D, F), ("embed", "mlp"), cfg)
         self.up_proj = _param(rngs, (D, F), ("embed", "mlp"), cfg)
         self.down_proj = _param(rngs, (F, D), ("mlp", "embed"), cfg)
+        embed, mlp = ((D,), ("embed",)), ((F,), ("mlp",))
+        self.lora = _adapters(cfg, rngs, {"gate": (*embed, *mlp), "up": (*embed, *mlp),
+                                                   "down": (*mlp, *embed)})
         self.dtype = cfg.compute_dtype
 
     def __call__(self, x_BTD):
-        gate_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.gate_proj[...].astype(self.dtype))
-        up_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.up_proj[...].astype(self.dtype))
-        return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate_BTF) * up_BTF, self.down_proj[...].astype(self.dtype))
+        dt, lora = self.dtype, self.lora
+        gate_BTF = _adapted(x_BTD, jnp.einsum("BTD,DF->BTF", x_BTD, self.gate_proj[...].astype(dt)), lora, "gate", dt)
+        up_BTF = _adapted(x_BTD, jnp.einsum("BTD,DF->BTF", x_BTD, self.up_proj[...].astype(dt)), lora, "up", dt)
+        h_BTF = jax.nn.silu(gate_BTF) * up_BTF
+        return _adapted(h_BTF, jnp.einsum("BTF,FD->BTD", h_BTF, self.down_proj[...].astype(dt)), lora, "down", dt)
 
 
 class DecoderLayer(nnx.Module):

@@ -20,6 +20,9 @@ bit-identical with and without it (tests/test_rl.py).
 
 SIGTERM (a preempting scheduler) is honoured between steps: the step in flight finishes, a checkpoint is written
 and the command exits with 143; rerunning it resumes.
+
+With `lora.rank` > 0 each agent trains adapters on a frozen base, one base on the device when both agents have
+the same (`checkpoints.load_sharing_base`), and an agent's reference is its base with the adapters off.
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ from algoforge_jax import checkpoints, sharding
 from algoforge_jax.config import Config, RLConfig
 from algoforge_jax.data.chat import render_chat
 from algoforge_jax.errors import UserError
+from algoforge_jax.models import lora
 from algoforge_jax.models.build import abstract_model
 from algoforge_jax.rl.rollout import AgentSampling, Chat, Decoding, Policy, RolloutConfig, sample_groups, start_rollout
-from algoforge_jax.rl.step import AgentUpdate, make_update, reference_logprobs, sampler_params, update_batch
+from algoforge_jax.rl.step import (AgentUpdate, make_update, reference_logprobs, sampler_base, sampler_params,
+                                   update_batch)
 from algoforge_jax.sampling import Sampler, SamplerConfig
 from algoforge_jax.tokenizer import SentencePieceTokenizer, Tokenizer, open_tokenizer
 from algoforge_jax.train.checkpoint import StateCheckpoints
@@ -129,7 +134,8 @@ class Agent:
     update: AgentUpdate
     abstract: nnx.State  # TRAIN_RULES layout, for turning the trainer's params into the sampler's
     sampler: Sampler
-    reference: dict | None  # frozen parameters (pure dict, TRAIN_RULES); None when β = 0
+    reference: tuple | None  # (graphdef, frozen parameters (pure dict, TRAIN_RULES)); None when β = 0
+    sampler_frozen: dict | None = None  # the frozen base in the sampling layout when adapters train
 
 
 def rl_train_config(cfg: Config):
@@ -141,25 +147,32 @@ def rl_train_config(cfg: Config):
                                eps=rl.adam_eps or cfg.train.eps)
 
 
-def make_agent(cfg: Config, name: str, init: Path, tokenizer: Tokenizer, mesh) -> tuple[Agent, TrainState]:
-    """(the agent, its step-0 TrainState) from the model at `init`."""
+def make_agent(cfg: Config, name: str, init: Path, tokenizer: Tokenizer, mesh,
+               model=None) -> tuple[Agent, TrainState]:
+    """(the agent, its step-0 TrainState) from `model`, else from the model at `init`."""
     rl, rules = cfg.rl, sharding.TRAIN_RULES
     load = lambda: checkpoints.load_pretrained(init, mesh, rules, dtype=cfg.model.dtype,  # noqa: E731
                                                param_dtype=cfg.model.param_dtype, remat=cfg.model.remat)
-    model = load()
+    model = load() if model is None else model
     graphdef, abstract = abstract_model(model.config, mesh, rules)
+    frozen = lora.split(nnx.state(model))[0] or None
     tx = make_optimizer(rl_train_config(cfg))
     shardings = state_shardings(abstract, tx, mesh)
     update = make_update(graphdef, tx, shardings, rl.grpo, mesh, rules, accum=rl.grad_accum,
-                         chunk_len=cfg.train.logprob_chunk)
+                         chunk_len=cfg.train.logprob_chunk, frozen=frozen)
     prompt_len, max_new = ((rl.planner_prompt_len, rl.planner_max_new_tokens) if name == "planner"
                            else (rl.coder_prompt_len, rl.coder_max_new_tokens))
     sampler_cfg = SamplerConfig(max_new_tokens=max_new, stop_token_ids=(tokenizer.eos_id,),
                                 pad_token_id=tokenizer.pad_id, min_prompt_bucket=prompt_len, first_segment=0)
     sampler = Sampler(graphdef, model.config, mesh, sampler_cfg, sharding.SAMPLE_RULES)
-    reference = nnx.to_pure_dict(nnx.state(load(), nnx.Param)) if rl.grpo.kl_coef > 0 else None
+    reference = None
+    if rl.grpo.kl_coef > 0 and frozen:  # the base, with the adapters off: no extra weights
+        reference = (abstract_model(model.config.replace(lora=lora.LoRAConfig()), mesh, rules)[0], frozen)
+    elif rl.grpo.kl_coef > 0:
+        reference = (graphdef, nnx.to_pure_dict(nnx.state(load(), nnx.Param)))
     state = init_state(model, tx, shardings, rl.seed)
-    return Agent(name, init, update, abstract, sampler, reference), state
+    sampler_frozen = sampler_base(abstract, frozen, mesh) if frozen else None
+    return Agent(name, init, update, abstract, sampler, reference, sampler_frozen), state
 
 
 def rollout_config(rl: RLConfig) -> RolloutConfig:
@@ -197,7 +210,10 @@ def run_rl(cfg: Config, workdir, planner: str | None = None, coder: str | None =
     eval_problems = load_problems(cfg.rl.eval_problems, "heldout", workdir)
     eval_problems = eval_problems[: cfg.rl.eval_limit or None]
     order = ProblemOrder(len(train_problems), cfg.rl.problems_per_step, cfg.rl.seed)
-    built = {name: make_agent(cfg, name, inits[name], tokenizer, mesh) for name in AGENTS}
+    models = checkpoints.load_sharing_base(inits, mesh, sharding.TRAIN_RULES, cfg.lora, cfg.model.seed,
+                                           dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
+                                           remat=cfg.model.remat)
+    built = {name: make_agent(cfg, name, inits[name], tokenizer, mesh, models.pop(name)) for name in AGENTS}
     agents = {name: agent for name, (agent, _) in built.items()}
     state = {name: s for name, (_, s) in built.items()}
     with StateCheckpoints(out / "checkpoints", cfg.rl.keep_checkpoints) as ckpts, \
@@ -224,7 +240,7 @@ def run_rl(cfg: Config, workdir, planner: str | None = None, coder: str | None =
             _write_eval(out, report, "after")
     for name, agent in agents.items():
         if not (out / name / "model").exists():
-            params = to_memory(state[name].params, "device")
+            params = agent.update.params(to_memory(state[name].params, "device"))
             checkpoints.save_model(out / name / "model", nnx.merge(agent.update.graphdef, params),
                                    tokenizer_dir=checkpoints.sidecar_dir(agent.init))
     return 0
@@ -252,7 +268,8 @@ def to_memory(tree, kind: str):
 
 def _policies(agents: dict[str, Agent], state: dict[str, TrainState], mesh) -> dict[str, Policy]:
     """Each agent's sampler with its current weights (brought onto the devices first when offloaded)."""
-    return {n: Policy(a.sampler, sampler_params(a.abstract, to_memory(state[n].params, "device"), mesh))
+    return {n: Policy(a.sampler, sampler_params(a.abstract, to_memory(state[n].params, "device"), mesh,
+                                                a.sampler_frozen))
             for n, a in agents.items()}
 
 
@@ -335,8 +352,8 @@ def _reference(agents, batches, mesh, cfg: Config) -> tuple[dict[str, np.ndarray
     if cfg.rl.grpo.kl_coef == 0:
         return {}, 0.0
     start = time.perf_counter()
-    refs = {name: reference_logprobs(agents[name].update.graphdef, agents[name].reference, batch, mesh,
-                                     sharding.TRAIN_RULES, cfg.train.logprob_chunk)
+    refs = {name: reference_logprobs(*agents[name].reference, batch, mesh, sharding.TRAIN_RULES,
+                                     cfg.train.logprob_chunk)
             for name, batch in zip(AGENTS, batches)}
     return refs, time.perf_counter() - start
 

@@ -14,7 +14,8 @@ up to the sampler/trainer log-prob agreement (≤ 1e-5); later passes are off-po
 
 Old log-probs are the sampler's untempered `model_logprobs`; reference log-probs come from the agent's frozen
 reference through the shared `train.logprobs.token_logprobs` (`reference_logprobs`), and are neither computed
-nor passed when β = 0.
+nor passed when β = 0. With adapters (`models/lora.py`) the state holds the adapters alone and the frozen base is
+an argument of the update that is never donated (two agents may share it); the reference is then the base itself.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from algoforge_jax import sharding
+from algoforge_jax.models import lora
 from algoforge_jax.rl import grpo
 from algoforge_jax.rl.rollout import AgentBatch
 from algoforge_jax.train.logprobs import sequence_logprobs, token_logprobs
@@ -61,11 +63,12 @@ def reference_logprobs(graphdef, ref_params, batch: AgentBatch, mesh: Mesh, rule
     return sharding.to_host(logp_BS)[:, -batch.response_ids_BT.shape[1]:]
 
 
-def loss_sums(graphdef, params, batch: dict, cfg: grpo.GRPOConfig, chunk_len: int):
+def loss_sums(graphdef, params, batch: dict, cfg: grpo.GRPOConfig, chunk_len: int, frozen: dict | None = None):
     """(loss × its denominator, metrics with token-weighted sums) of one (micro-)batch: the terms that add up over
     micro-batches. The denominator depends only on the mask, so scaling by it scales the gradient alike."""
     T = batch["mask"].shape[1]
-    logp_BT = sequence_logprobs(nnx.merge(graphdef, params), batch["tokens"], batch["valid"], chunk_len)[:, -T:]
+    model = nnx.merge(graphdef, lora.join(frozen or {}, params))
+    logp_BT = sequence_logprobs(model, batch["tokens"], batch["valid"], chunk_len)[:, -T:]
     loss, metrics = grpo.policy_loss(logp_BT, batch["old_logp"], batch.get("ref_logp"), batch["advantages"],
                                      batch["mask"], cfg)
     denominator = metrics["loss_denominator"]
@@ -84,34 +87,34 @@ def _combine(a: dict, b: dict) -> dict:
 
 
 def grads_and_sums(graphdef, params, batch: dict, cfg: grpo.GRPOConfig, *, accum: int, chunk_len: int, mesh: Mesh,
-                   rules):
+                   rules, frozen: dict | None = None):
     """(summed gradients of loss × denominator over `accum` micro-batches, summed metrics)."""
     grad_fn = jax.grad(loss_sums, argnums=1, has_aux=True)
     if accum == 1:
-        return grad_fn(graphdef, params, batch, cfg, chunk_len)
+        return grad_fn(graphdef, params, batch, cfg, chunk_len, frozen)
 
     def body(carry, micro):
         grads, sums = carry
-        g, s = grad_fn(graphdef, params, micro, cfg, chunk_len)
+        g, s = grad_fn(graphdef, params, micro, cfg, chunk_len, frozen)
         return (jax.tree.map(jnp.add, grads, g), _combine(sums, s)), None
 
     micro = micro_batches(batch, accum, mesh, rules)
     first = jax.tree.map(lambda x: x[0], micro)
     zero_sums = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: loss_sums(graphdef, params, first, cfg,
-                                                                              chunk_len)[1]))
+                                                                              chunk_len, frozen)[1]))
     zero_sums.update(rho_min=jnp.array(jnp.inf, jnp.float32), rho_max=jnp.array(-jnp.inf, jnp.float32))
     (grads, sums), _ = jax.lax.scan(body, (jax.tree.map(jnp.zeros_like, params), zero_sums), micro)
     return grads, sums
 
 
-def rl_update(graphdef, tx: optax.GradientTransformation, cfg: grpo.GRPOConfig, state: TrainState, batch: dict, *,
-              accum: int, chunk_len: int, mesh: Mesh, rules) -> tuple[TrainState, dict]:
+def rl_update(graphdef, tx: optax.GradientTransformation, cfg: grpo.GRPOConfig, state: TrainState, batch: dict,
+              frozen: dict | None = None, *, accum: int, chunk_len: int, mesh: Mesh, rules) -> tuple[TrainState, dict]:
     """μ = cfg.num_iterations optimizer updates on one batch; metrics are stacked per pass ([μ] each): loss,
     pg_loss, kl, clip fractions (token means over the whole batch), ρ range, gradient norm."""
 
     def one_pass(state: TrainState, _):
         grads, sums = grads_and_sums(graphdef, state.params, batch, cfg, accum=accum, chunk_len=chunk_len,
-                                     mesh=mesh, rules=rules)
+                                     mesh=mesh, rules=rules, frozen=frozen)
         denominator, tokens = jnp.maximum(sums["denominator"], 1.0), jnp.maximum(sums["tokens"], 1.0)
         grads = jax.tree.map(lambda g: g / denominator, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -132,27 +135,51 @@ class AgentUpdate:
     tx: optax.GradientTransformation
     shardings: TrainState
     step: Callable  # (state, batch dict of host arrays) -> (state, metrics [μ]); state donated
+    frozen: dict | None = None  # the frozen base the adapters train on (models.lora.split); None: full fine-tuning
+
+    def params(self, trainable: dict) -> dict:
+        """The model's whole parameter dict from the state's trainable half."""
+        return lora.join(self.frozen or {}, trainable)
 
 
 def make_update(graphdef, tx, shardings: TrainState, cfg: grpo.GRPOConfig, mesh: Mesh, rules, *, accum: int,
-                chunk_len: int) -> AgentUpdate:
-    """The jitted `rl_update` over the mesh; batches go in on the batch sharding of `rules`."""
+                chunk_len: int, frozen: dict | None = None) -> AgentUpdate:
+    """The jitted `rl_update` over the mesh; batches go in on the batch sharding of `rules`, `frozen` as it lies."""
     fn = jax.jit(functools.partial(rl_update, graphdef, tx, cfg, accum=accum, chunk_len=chunk_len, mesh=mesh,
                                    rules=rules),
-                 in_shardings=(shardings, None), out_shardings=(shardings, None), donate_argnums=(0,))
+                 in_shardings=(shardings, None, None), out_shardings=(shardings, None), donate_argnums=(0,))
 
     def step(state: TrainState, batch: dict[str, np.ndarray]):
         on_mesh = {k: sharding.from_host(v, sharding.batch_sharding(mesh, rules, v.ndim)) for k, v in batch.items()}
         with jax.set_mesh(mesh):
-            return fn(state, on_mesh)
+            return fn(state, on_mesh, frozen)
 
-    return AgentUpdate(graphdef, tx, shardings, step)
+    return AgentUpdate(graphdef, tx, shardings, step, frozen)
 
 
-def sampler_params(abstract: nnx.State, params: dict, mesh: Mesh) -> nnx.State:
+def sampler_params(abstract: nnx.State, params: dict, mesh: Mesh, frozen: dict | None = None) -> nnx.State:
     """The trainer's parameters (a pure dict, TRAIN_RULES) as the sampler takes them: an nnx.State laid out by
     SAMPLE_RULES, moved device to device. Same shapes and shardings every time, so the sampler reuses its compiled
-    programs."""
+    programs. With adapters, `params` are the adapters and `frozen` the base already in the sampling layout
+    (`sampler_base`): only the adapters move, and the sampler runs base + adapters unmerged."""
     state = jax.tree.map(lambda x: x, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    nnx.replace_by_pure_dict(state, params)
-    return sharding.reshard(state, sharding.SAMPLE_RULES, mesh)
+    if frozen is None:
+        nnx.replace_by_pure_dict(state, params)
+        return sharding.reshard(state, sharding.SAMPLE_RULES, mesh)
+    adapters = nnx.filter_state(state, lora.LoRAParam)
+    nnx.replace_by_pure_dict(adapters, params)
+    moved = nnx.to_pure_dict(sharding.reshard(adapters, sharding.SAMPLE_RULES, mesh))
+    nnx.replace_by_pure_dict(state, lora.join(frozen, moved))
+    return state
+
+
+def sampler_base(abstract: nnx.State, frozen: dict, mesh: Mesh) -> dict:
+    """The frozen base in the sampling layout, made once per run: the trainer's arrays themselves where the two
+    layouts agree (one device: no second copy), else a resharded copy."""
+    base = nnx.filter_state(jax.tree.map(lambda x: x, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable)),
+                            nnx.Not(lora.LoRAParam))
+    nnx.replace_by_pure_dict(base, frozen)
+    targets = jax.tree.leaves(sharding.state_shardings(base, sharding.SAMPLE_RULES, mesh))
+    if all(x.sharding.is_equivalent_to(t, x.ndim) for x, t in zip(jax.tree.leaves(frozen), targets)):
+        return frozen
+    return nnx.to_pure_dict(sharding.reshard(base, sharding.SAMPLE_RULES, mesh))

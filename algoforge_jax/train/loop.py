@@ -24,6 +24,7 @@ from tqdm import tqdm
 from algoforge_jax import checkpoints, sharding
 from algoforge_jax.config import Config
 from algoforge_jax.errors import UserError
+from algoforge_jax.models import lora
 from algoforge_jax.models.build import abstract_model, init_model
 from algoforge_jax.models.qwen2 import Qwen2Config
 from algoforge_jax.train.checkpoint import StateCheckpoints
@@ -34,13 +35,14 @@ from algoforge_jax.train.step import make_eval_step, make_train_step
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: the scheduler should rerun the command
 
 
-def build_model(cfg: Config, init: str, mesh):
-    """The starting model in the training layout: the agent's init checkpoint, else a random one."""
-    rules = sharding.TRAIN_RULES
+def build_model(cfg: Config, init: str, mesh, seed: int | None = None):
+    """The starting model in the training layout: the agent's init checkpoint, else a random one; with
+    `cfg.lora` adapters (fresh ones seeded by `seed`, default model.seed) on its frozen weights."""
+    rules, seed = sharding.TRAIN_RULES, cfg.model.seed if seed is None else seed
     if init:
-        return checkpoints.load_pretrained(init, mesh, rules, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
-                                           remat=cfg.model.remat)
-    return init_model(cfg.model.qwen2(), mesh, rules, seed=cfg.model.seed)
+        return checkpoints.load_pretrained(init, mesh, rules, lora=cfg.lora, seed=seed, dtype=cfg.model.dtype,
+                                           param_dtype=cfg.model.param_dtype, remat=cfg.model.remat)
+    return init_model(cfg.model.qwen2().replace(lora=cfg.lora), mesh, rules, seed=seed)
 
 
 def _global(batch: dict, mesh) -> dict:
@@ -74,16 +76,23 @@ class Trainer:
     step: Callable  # (state, batch) -> (state, metrics); both arguments donated
     eval: Callable  # (params, batch) -> (loss sum, token count)
     mesh: Mesh
+    frozen: dict | None = None  # the frozen base when adapters train (models.lora.split), else None
+
+    def model(self, params: dict):
+        """The model with these trainable parameters (on the frozen base, if any)."""
+        return nnx.merge(self.graphdef, lora.join(self.frozen or {}, params))
 
 
-def make_trainer(cfg: Config, model_cfg: Qwen2Config, mesh: Mesh, rules=sharding.TRAIN_RULES) -> Trainer:
+def make_trainer(cfg: Config, model_cfg: Qwen2Config, mesh: Mesh, rules=sharding.TRAIN_RULES,
+                 frozen: dict | None = None) -> Trainer:
+    """The SFT pieces for `model_cfg`; `frozen` is the base its adapters train on (None: full fine-tuning)."""
     graphdef, abstract = abstract_model(model_cfg, mesh, rules)
     tx, schedule = make_optimizer(cfg.train), learning_rate(cfg.train)
     shardings = state_shardings(abstract, tx, mesh)
     step = make_train_step(graphdef, tx, schedule, shardings, mesh, rules, accum=cfg.train.grad_accum,
-                           chunk_len=cfg.train.logprob_chunk)
-    evaluate = make_eval_step(graphdef, shardings, mesh, rules, chunk_len=cfg.train.logprob_chunk)
-    return Trainer(graphdef, tx, shardings, step, evaluate, mesh)
+                           chunk_len=cfg.train.logprob_chunk, frozen=frozen)
+    evaluate = make_eval_step(graphdef, shardings, mesh, rules, chunk_len=cfg.train.logprob_chunk, frozen=frozen)
+    return Trainer(graphdef, tx, shardings, step, evaluate, mesh, frozen)
 
 
 def train_sft(cfg: Config, agent: str, out, batches, eval_batches: list[dict], tokenizer_dir=None) -> int:
@@ -91,11 +100,11 @@ def train_sft(cfg: Config, agent: str, out, batches, eval_batches: list[dict], t
     out = Path(out)
     mesh = sharding.make_mesh(cfg.mesh)
     model = build_model(cfg, cfg.agent(agent).init, mesh)
-    trainer = make_trainer(cfg, model.config, mesh)
+    trainer = make_trainer(cfg, model.config, mesh, frozen=lora.split(nnx.state(model))[0] or None)
     with StateCheckpoints(out / "checkpoints", cfg.train.keep_checkpoints) as ckpts:
         state = _start_state(ckpts, model, trainer, batches, cfg.train.seed)
         model_cfg = model.config
-        del model  # its arrays now live in `state`, which the first step donates
+        del model  # its arrays now live in `state` (which the first step donates) and `trainer.frozen`
         start = int(state.step)
         if start >= cfg.train.steps and (out / "model").exists():
             print(f"sft {agent}: already trained to step {start} in {out}")
@@ -106,7 +115,7 @@ def train_sft(cfg: Config, agent: str, out, batches, eval_batches: list[dict], t
         finally:
             writer.close()
     if code == 0 and not (out / "model").exists():
-        checkpoints.save_model(out / "model", nnx.merge(trainer.graphdef, state.params), tokenizer_dir=tokenizer_dir)
+        checkpoints.save_model(out / "model", trainer.model(state.params), tokenizer_dir=tokenizer_dir)
     return code
 
 

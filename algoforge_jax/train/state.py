@@ -3,6 +3,10 @@
 `TrainState` is a plain pytree (parameters as a nested dict, optax state, step, raw RNG key data) so orbax saves
 and restores it as is, onto any mesh, and one jitted step program serves every step. The model's graph
 (`graphdef`) stays outside it: it is static structure, not state. GRPO keeps one TrainState per agent.
+
+Its parameters are the *trainable* ones (`models.lora.split`): every weight without adapters, only the adapters
+with them. A frozen base lives outside the state (steps take it as an argument they never donate), so it has no
+optimizer moments, is not written with every checkpoint, and two agents may share it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from algoforge_jax.config import TrainConfig
+from algoforge_jax.models import lora
 from algoforge_jax.models.qwen2 import Qwen2ForCausalLM
 
 
@@ -25,7 +30,7 @@ class TrainState:
     """Everything that changes from one optimizer step to the next."""
 
     step: jax.Array  # optimizer steps taken (int32 scalar)
-    params: dict  # nnx.to_pure_dict of the model's parameters
+    params: dict  # the model's trainable parameters (pure dict): all of them, or its adapters
     opt_state: optax.OptState
     rng: jax.Array  # raw key data (uint32), so orbax can store it; jax.random.wrap_key_data to use
 
@@ -48,11 +53,12 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def state_shardings(abstract: nnx.State, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
-    """Where every leaf of the TrainState lives: parameters (and the Adam moments that mirror them) as in the
-    abstract model state (`models.build.abstract_model`), counters and RNG replicated."""
-    param_sh = jax.tree.map(lambda x: x.sharding, nnx.to_pure_dict(abstract))
+    """Where every leaf of the TrainState lives: trainable parameters (and the Adam moments that mirror them) as in
+    the abstract model state (`models.build.abstract_model`), counters and RNG replicated."""
+    trainable = lora.split(abstract)[1]
+    param_sh = jax.tree.map(lambda x: x.sharding, trainable)
     replicated = NamedSharding(mesh, P())
-    abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(abstract))
+    abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), trainable)
     opt_sh = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_params), param_sh,
                                    transform_non_params=lambda _: replicated)
     return TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
@@ -60,8 +66,8 @@ def state_shardings(abstract: nnx.State, tx: optax.GradientTransformation, mesh:
 
 def init_state(model: Qwen2ForCausalLM, tx: optax.GradientTransformation, shardings: TrainState,
                seed: int) -> TrainState:
-    """Step 0 around the model's current (already sharded) parameters."""
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    """Step 0 around the model's current (already sharded) trainable parameters."""
+    params = lora.split(nnx.state(model))[1]
 
     def init(params):
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key_data(jax.random.key(seed)))

@@ -4,6 +4,9 @@ The loss is a mean over every loss-mask token of the whole (accumulated) batch, 
 each micro-batch contributes its *sum* of token losses and its token count, the gradients of the sums are added,
 and one division by the total count follows. So 2 micro-batches of 4 rows give the same update as one batch of 8
 whatever their token counts. Pure functions returning `(value, metrics)`; `make_train_step` jits one over the mesh.
+
+`params` are the trainable parameters (`TrainState.params`); `frozen` the model's frozen base when it trains
+adapters (`models.lora.split`), else None. Gradients are taken with respect to `params` alone.
 """
 
 from __future__ import annotations
@@ -17,15 +20,17 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from algoforge_jax import sharding
+from algoforge_jax.models import lora
 from algoforge_jax.train.logprobs import sequence_logprobs
 from algoforge_jax.train.state import TrainState
 
 BATCH_KEYS = ("tokens", "loss_mask", "valid")
 
 
-def loss_sums(graphdef, params, batch: dict, chunk_len: int):
+def loss_sums(graphdef, params, batch: dict, chunk_len: int, frozen: dict | None = None):
     """(sum of -log p over loss-mask tokens, number of those tokens) for one batch."""
-    logp_BT = sequence_logprobs(nnx.merge(graphdef, params), batch["tokens"], batch["valid"], chunk_len)
+    model = nnx.merge(graphdef, lora.join(frozen or {}, params))
+    logp_BT = sequence_logprobs(model, batch["tokens"], batch["valid"], chunk_len)
     mask_BT = batch["loss_mask"].astype(jnp.float32)
     return -(logp_BT * mask_BT).sum(), mask_BT.sum()
 
@@ -39,16 +44,17 @@ def micro_batches(batch: dict, n: int, mesh: Mesh, rules) -> dict:
     return {k: split(v) for k, v in batch.items()}
 
 
-def grads_and_sums(graphdef, params, batch: dict, *, accum: int, chunk_len: int, mesh: Mesh, rules):
+def grads_and_sums(graphdef, params, batch: dict, *, accum: int, chunk_len: int, mesh: Mesh, rules,
+                   frozen: dict | None = None):
     """Summed gradients of the token-loss sum over `accum` micro-batches, the loss sum and the token count."""
     grad_fn = jax.value_and_grad(loss_sums, argnums=1, has_aux=True)
     if accum == 1:
-        (loss_sum, count), grads = grad_fn(graphdef, params, batch, chunk_len)
+        (loss_sum, count), grads = grad_fn(graphdef, params, batch, chunk_len, frozen)
         return grads, loss_sum, count
 
     def body(carry, micro):
         grads, loss_sum, count = carry
-        (l, c), g = grad_fn(graphdef, params, micro, chunk_len)
+        (l, c), g = grad_fn(graphdef, params, micro, chunk_len, frozen)
         return (jax.tree.map(jnp.add, grads, g), loss_sum + l, count + c), None
 
     zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
@@ -56,11 +62,11 @@ def grads_and_sums(graphdef, params, batch: dict, *, accum: int, chunk_len: int,
     return grads, loss_sum, count
 
 
-def train_step(graphdef, tx: optax.GradientTransformation, schedule, state: TrainState, batch: dict, *,
-               accum: int, chunk_len: int, mesh: Mesh, rules) -> tuple[TrainState, dict]:
+def train_step(graphdef, tx: optax.GradientTransformation, schedule, state: TrainState, batch: dict,
+               frozen: dict | None = None, *, accum: int, chunk_len: int, mesh: Mesh, rules) -> tuple[TrainState, dict]:
     """One optimizer step on a [B, T] batch; metrics are scalars computed before the update (loss) or of it."""
     grads, loss_sum, count = grads_and_sums(graphdef, state.params, batch, accum=accum, chunk_len=chunk_len,
-                                            mesh=mesh, rules=rules)
+                                            mesh=mesh, rules=rules, frozen=frozen)
     denom = jnp.maximum(count, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -71,16 +77,21 @@ def train_step(graphdef, tx: optax.GradientTransformation, schedule, state: Trai
 
 
 def make_train_step(graphdef, tx, schedule, shardings: TrainState, mesh: Mesh, rules, *, accum: int,
-                    chunk_len: int):
-    """The jitted step `(state, batch) -> (state, metrics)` with state and batch donated (updated in place)."""
+                    chunk_len: int, frozen: dict | None = None):
+    """The step `(state, batch) -> (state, metrics)`, jitted with state and batch donated (updated in place) and
+    `frozen` passed to every call as it lies (never donated)."""
     batch_sh = {k: sharding.batch_sharding(mesh, rules) for k in BATCH_KEYS}
     fn = functools.partial(train_step, graphdef, tx, schedule, accum=accum, chunk_len=chunk_len, mesh=mesh,
                            rules=rules)
-    return jax.jit(fn, in_shardings=(shardings, batch_sh), out_shardings=(shardings, None), donate_argnums=(0, 1))
+    jitted = jax.jit(fn, in_shardings=(shardings, batch_sh, None), out_shardings=(shardings, None),
+                     donate_argnums=(0, 1))
+    return lambda state, batch: jitted(state, batch, frozen)
 
 
-def make_eval_step(graphdef, shardings: TrainState, mesh: Mesh, rules, *, chunk_len: int):
-    """The jitted `(params, batch) -> (loss sum, token count)` of a held-out batch."""
+def make_eval_step(graphdef, shardings: TrainState, mesh: Mesh, rules, *, chunk_len: int,
+                   frozen: dict | None = None):
+    """The `(params, batch) -> (loss sum, token count)` of a held-out batch, jitted."""
     batch_sh = {k: sharding.batch_sharding(mesh, rules) for k in BATCH_KEYS}
-    fn = functools.partial(loss_sums, graphdef, chunk_len=chunk_len)
-    return jax.jit(fn, in_shardings=(shardings.params, batch_sh))
+    jitted = jax.jit(lambda params, batch, frozen: loss_sums(graphdef, params, batch, chunk_len, frozen),
+                     in_shardings=(shardings.params, batch_sh, None))
+    return lambda params, batch: jitted(params, batch, frozen)
