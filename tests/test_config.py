@@ -20,7 +20,9 @@ def test_tiny_config_loads_and_builds_a_small_qwen2():
 
     n = parameter_count(cfg.model.qwen2())
     assert 0.5e6 < n < 3e6, n
-    assert cfg.planner == cfg.coder == config_lib.AgentConfig()  # two instances of one config
+    # two instances of one config; plans are shorter than programs, so the Planner's rows are too
+    assert dataclasses.replace(cfg.planner, seq_len=0) == cfg.coder == config_lib.AgentConfig()
+    assert cfg.seq_len("planner") < cfg.seq_len("coder") == cfg.data.seq_len
 
 
 def test_set_coerces_to_the_field_type():
