@@ -67,15 +67,15 @@ def test_parameters_and_moments_match_a_real_training_state_shard():
     model = init_model(cfg.model.qwen2(), mesh, sharding.TRAIN_RULES)
     trainer = make_trainer(cfg, model.config, mesh)
     state = init_state(model, trainer.tx, trainer.shardings, seed=0)
-    device = jax.devices()[0]
-
-    def on_device(tree) -> int:
-        return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards
-                   if s.device == device and x.ndim > 0)
-
     items = {item: b for _, item, b in memory.memory_budget(cfg, memory.Hardware("cpu", 8, 10**9)).items}
     assert items["params x1 (float32)"] == on_device(state.params)
     assert items["AdamW moments x1"] == on_device(state.opt_state)
+
+
+def on_device(tree) -> int:
+    """Bytes of `tree`'s array shards on device 0 (scalars, replicated bookkeeping, left out)."""
+    return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards
+               if s.device == jax.devices()[0] and x.ndim > 0)
 
 
 def test_param_bytes_by_hand_on_7b():

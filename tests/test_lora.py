@@ -359,7 +359,7 @@ def test_lora_checkpoints_need_a_lora_export_flag(hf_adapted, tmp_path, capsys):
 @pytest.mark.slow  # the budget traces the activations too: ~40 s on 2 busy cores
 def test_lora_budget_matches_a_real_training_state_shard():
     """memory_budget's base, adapter and AdamW bytes equal what device 0 holds of a real adapted TrainState."""
-    from test_configs import _tiny
+    from test_configs import _tiny, on_device
 
     from algoforge_jax import memory
     from algoforge_jax.train.loop import build_model, make_trainer
@@ -371,12 +371,6 @@ def test_lora_budget_matches_a_real_training_state_shard():
     frozen = lora.split(nnx.state(model))[0]
     trainer = make_trainer(cfg, model.config, mesh, frozen=frozen)
     state = init_state(model, trainer.tx, trainer.shardings, seed=0)
-    device = jax.devices()[0]
-
-    def on_device(tree) -> int:
-        return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards
-                   if s.device == device and x.ndim > 0)
-
     items = {item: b for _, item, b in memory.memory_budget(cfg, memory.Hardware("cpu", 8, 10**9)).items}
     assert items["frozen base x1, shared (float32)"] == on_device(frozen)
     assert items["adapters x1 (float32)"] == on_device(state.params)
