@@ -9,7 +9,8 @@ Planner and Coder share one code path: the tree has one `model`, `train` and `me
 instances of `AgentConfig` (`planner`, `coder`) for what differs between them (their data and starting weights).
 The RL stage's knobs are `rl` (`RLConfig`), whose loss and reward groups are `rl/grpo.py`'s `GRPOConfig` and
 `rl/rewards.py`'s `RewardConfig` themselves (validated by their own constructors); `lora` is `models/lora.py`'s
-`LoRAConfig` (`--set lora.rank=16` trains adapters on a frozen base). Left out on purpose: the data pipeline's
+`LoRAConfig` (`--set lora.rank=16` trains adapters on a frozen base in SFT and RL; `--set rl.lora.rank=16` in RL
+alone, on top of fully fine-tuned SFT models). Left out on purpose: the data pipeline's
 packing options.
 """
 
@@ -129,6 +130,7 @@ class RLConfig:
     reward: RewardConfig = RewardConfig()
     problems: str = ""  # training problems (the SPEC's jsonl); "" = the embedded default's train split
     eval_problems: str = ""  # held-out problems; "" = the embedded default's held-out split
+    evaluate: bool = True  # held-out pass@1 before the first and after the last step (`algoforge run`: its eval stage)
     eval_limit: int = 0  # held-out problems evaluated before and after (the first N); 0 = all
     eval_temperature: float = 0.0  # held-out pass@1 decoding of both agents: 0 = greedy, else sampled
     eval_samples: int = 1  # plan -> program chains per held-out problem (pass@1 is their mean); 1 when greedy
@@ -136,6 +138,7 @@ class RLConfig:
     keep_checkpoints: int = 2
     sandbox_workers: int = 2  # sandbox worker processes judging programs
     offload_idle: bool = False  # keep each agent's training state in host memory except during its own update
+    lora: LoRAConfig = LoRAConfig()  # adapters for RL alone, on the (fully fine-tuned) SFT models; rank 0 = `lora`
     seed: int = 0  # problem order and sampling seeds
 
 
@@ -156,6 +159,10 @@ class Config:
         if name not in AGENTS:
             raise UserError(f"unknown agent {name!r}; valid: {', '.join(AGENTS)}")
         return getattr(self, name)
+
+    def rl_lora(self) -> LoRAConfig:
+        """The adapters RL trains: `rl.lora` when it has a rank, else the `lora` group SFT used too."""
+        return self.rl.lora if self.rl.lora.rank else self.lora
 
     def seq_len(self, agent: str) -> int:
         """Tokens per SFT row of `agent`: its own `seq_len`, else `data.seq_len`."""
@@ -188,6 +195,9 @@ def validate(cfg: Config) -> Config:
                         f"{rl.learning_rate}")
     if not rl.adam_eps >= 0:
         raise UserError(f"config rl.adam_eps: must be >= 0 (0 = train.eps), got {rl.adam_eps}")
+    if rl.lora.rank and cfg.lora.rank:
+        raise UserError(f"config rl.lora.rank ({rl.lora.rank}) and lora.rank ({cfg.lora.rank}) are both set: "
+                        f"`lora` adapts SFT and RL, `rl.lora` RL alone on fully fine-tuned models; set one")
     planner_rows = rl.problems_per_step * rl.num_plans
     if planner_rows % rl.grad_accum or planner_rows * rl.num_programs % rl.grad_accum:
         raise UserError(f"config rl.grad_accum ({rl.grad_accum}) must divide both agents' rows per step "

@@ -14,7 +14,8 @@ Peak = persistent + the larger phase. SFT trains one agent with no reference, sa
 With adapters (`cfg.lora.rank` > 0) the persistent part is one frozen base in the compute dtype, shared by both
 agents (they start from one checkpoint), each agent's adapters and their AdamW moments; the references are that
 base (no bytes), the sampler reads the base as it lies when the two layouts agree (one device) and keeps one
-sampling-layout copy otherwise; gradients and activations are those of the adapters' backward pass.
+sampling-layout copy otherwise; gradients and activations are those of the adapters' backward pass. RL-only
+adapters (`cfg.rl.lora`) sit on the two fully fine-tuned SFT models, so the RL budget then holds two bases.
 
 Deliberately left out: XLA's scratch buffers and fragmentation (the capacity is cut by `Hardware.usable`
 instead), the sampler's logits and the rollout's token arrays (megabytes).
@@ -142,10 +143,13 @@ def abstract_mesh(cfg: Config, hardware: Hardware) -> AbstractMesh:
 def memory_budget(cfg: Config, hardware: Hardware, rollout: RolloutShape | None = None) -> Budget:
     """The per-device budget of SFT (`rollout` None: one agent) or of collaborative RL (both agents)."""
     mesh = abstract_mesh(cfg, hardware)
-    model_cfg = cfg.model.qwen2().replace(lora=cfg.lora)
+    model_cfg = cfg.model.qwen2().replace(lora=cfg.lora if rollout is None else cfg.rl_lora())
     frozen, params = _train_params(model_cfg, mesh)
     agents = 1 if rollout is None else 2
-    items = [("persistent", f"frozen base x1, shared ({cfg.model.dtype})", _shard_bytes(frozen))] if frozen else []
+    # `rl.lora` adapts two fully fine-tuned SFT models: two bases. `lora` adapts one shared start in SFT and RL.
+    bases = 2 if rollout is not None and cfg.rl.lora.rank else 1
+    base_item = "frozen base x1, shared" if bases == 1 else "frozen bases x2 (the two SFT models)"
+    items = [("persistent", f"{base_item} ({cfg.model.dtype})", bases * _shard_bytes(frozen))] if frozen else []
     items += [("persistent", f"{'adapters' if frozen else 'params'} x{agents} ({cfg.model.param_dtype})",
                agents * _shard_bytes(params)),
               ("persistent", f"AdamW moments x{agents}", agents * _optimizer_bytes(cfg, params))]

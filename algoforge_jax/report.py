@@ -3,7 +3,8 @@
 Every number comes from a file of the run (each is optional; what is missing is left out and said so):
 
     run.json                           each stage's wall seconds (`algoforge run` keeps it)
-    rl/eval.json                       the RL stage's held-out pass@1 before (= SFT) and after RL
+    rl/eval.json                       `algoforge rl`'s own held-out pass@1 before (= SFT) and after RL, and
+                                       each problem's pass fraction (`algoforge run` leaves it to its eval stage)
     eval/**/summary.json               every `algoforge eval` under D/eval (the pipeline's eval stage writes
                                        eval/synthetic-heldout/planner-coder/{sft,rl}/); the models it names tell
                                        base, SFT or RL apart; samples.jsonl + results.jsonl beside it
@@ -12,15 +13,17 @@ Every number comes from a file of the run (each is optional; what is missing is 
 
 `report.json` holds `{"pass@1": {BENCHMARK: {MODE: {"base"|"sft"|"rl": x}}}, "wall_s": s}`, one record per
 evaluation (verdicts, runtime and memory of passing programs, maintainability), the last training metrics of each
-stage, the plots' file names and a few held-out examples of the RL pair. The `synthetic-heldout` /
-`planner-coder` cell is rl/eval.json's (the numbers RL's own protocol measured before and after); the others are
-the eval summaries' pass@1. Not here: judging or generating anything (the eval stage and `algoforge eval` do).
+stage, the plots' file names, a few held-out examples of the RL pair, and `heldout_change`: the held-out problems
+RL gained and lost against the SFT pair, with a sign test. Every cell is an eval summary's pass@1, except that
+rl/eval.json, where `algoforge rl` wrote one, gives the `synthetic-heldout` / `planner-coder` cell (the numbers its
+own protocol measured before and after). Not here: judging or generating anything (`algoforge eval` does).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from algoforge_jax.errors import UserError
@@ -216,6 +219,41 @@ def _detail(e: dict) -> dict:
     return {k: e.get(k) for k in keys}
 
 
+def heldout_change(before: dict[str, float], after: dict[str, float]) -> dict:
+    """Problem by problem, what RL changed ({problem: pass fraction} of the SFT pair and of the RL pair, over the
+    problems both were evaluated on): how many the RL pair solves more often, how many less, and the exact
+    two-sided sign test's p-value of that split (the chance of one at least as lopsided if RL had only changed
+    which problems pass, not how many)."""
+    common = [k for k in before if k in after]
+    gained, lost = sum(after[k] > before[k] for k in common), sum(after[k] < before[k] for k in common)
+    n, k = gained + lost, min(gained, lost)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {"problems": len(common), "gained": gained, "lost": lost, "sign_test_p": p}
+
+
+def _per_problem(evaluation: dict) -> dict[str, float]:
+    """task_id -> fraction of its samples that pass, from an evaluation's results.jsonl."""
+    passed: dict[str, list[bool]] = {}
+    for _, row in read_jsonl(Path(evaluation["dir"]) / "results.jsonl"):
+        passed.setdefault(row["task_id"], []).append(row["verdict"] == "PASS")
+    return {task: sum(v) / len(v) for task, v in passed.items()}
+
+
+def heldout_change_of_run(rl_eval: dict | None, evaluations: list[dict]) -> dict | None:
+    """`heldout_change` from the source of the pass@1 table's held-out cell: rl/eval.json's `per_problem` lists
+    when it has them, else the last SFT-pair and RL-pair evaluations of that cell (their results.jsonl)."""
+    if rl_eval and "after" in rl_eval:
+        if any("per_problem" not in rl_eval.get(when, {}) for when in ("before", "after")):
+            return None
+        before, after = (dict(enumerate(rl_eval[when]["per_problem"])) for when in ("before", "after"))
+        return heldout_change(before, after)
+    last = {e["stage"]: e for e in evaluations if (e["benchmark"], e["mode"]) == (HELDOUT, MODE)
+            and (Path(e["dir"]) / "results.jsonl").exists()}
+    if not {"sft", "rl"} <= set(last):
+        return None
+    return heldout_change(_per_problem(last["sft"]), _per_problem(last["rl"]))
+
+
 def build_report(workdir: Path) -> dict:
     """report.json's content, and the plots written next to it."""
     rl_eval = _read_json(workdir / "rl" / "eval.json")
@@ -228,7 +266,8 @@ def build_report(workdir: Path) -> dict:
         ("rl", "rl_curves.png", plot_rl(rl, rl_eval, workdir / "rl_curves.png"))) if drawn}
     final = {f"sft-{a}": rows[-1] for a, rows in sft.items() if rows} | ({"rl": rl[-1]} if rl else {})
     return {"pass@1": pass_at_1_table(rl_eval, evaluations), "wall_s": round(sum(timings.values()), 3),
-            "stage_seconds": timings, "evaluation": rl_eval, "evaluations": [_detail(e) for e in evaluations],
+            "stage_seconds": timings, "evaluation": rl_eval, "heldout_change": heldout_change_of_run(rl_eval, evaluations),
+            "evaluations": [_detail(e) for e in evaluations],
             "final_metrics": final, "plots": plots, "examples": examples(workdir, evaluations)}
 
 
@@ -303,6 +342,11 @@ def markdown(report: dict) -> str:
                   f"temperature {ev['after']['temperature']}, {ev['after']['samples_per_problem']} chain(s) each, "
                   "`rl/eval.json`); other cells: the `algoforge eval` summaries under `eval/`.", ""]
     lines += _pass_table(report) + [""]
+    change = report.get("heldout_change")
+    if change:
+        lines += [f"Problem by problem on `{HELDOUT}`: RL solves {change['gained']} of the {change['problems']} "
+                  f"problems more often than the SFT pair did and {change['lost']} less often (exact two-sided sign "
+                  f"test: p = {change['sign_test_p']:.3g}).", ""]
     if report["evaluations"]:
         lines += ["## Evaluations: verdicts, runtime, memory, maintainability", "",
                   "Counts of samples by verdict; CPU time and peak memory are means over passing programs; "

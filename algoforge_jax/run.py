@@ -6,9 +6,9 @@ Stages, each a plain call of the library function its own command uses, handing 
     data         the embedded default's problems, datasets and tokenizer       D/data/         (data.embedded)
     sft-planner  cold-start SFT of the Planner                                 D/sft-planner/  (algoforge sft)
     sft-coder    cold-start SFT of the Coder                                   D/sft-coder/    (algoforge sft)
-    rl           collaborative GRPO of both, held-out pass@1 before and after  D/rl/           (algoforge rl)
-    eval         the SFT pair and the RL pair on the held-out split: samples,  D/eval/HELDOUT/ (algoforge eval)
-                 verdicts, runtime, memory, maintainability                    planner-coder/{sft,rl}/
+    rl           collaborative GRPO of both                                    D/rl/           (algoforge rl)
+    eval         the SFT pair and the RL pair on the held-out split: pass@1,   D/eval/HELDOUT/ (algoforge eval)
+                 samples, verdicts, runtime, memory, maintainability          planner-coder/{sft,rl}/
     report       the run's numbers and plots gathered from its files           D/report.{json,md}, D/*.png
 
 A stage whose outputs exist is skipped; an interrupted one resumes from its own checkpoints (SFT and RL save
@@ -16,17 +16,17 @@ theirs every few steps), so rerunning the same command after Ctrl-C or SIGKILL g
 `D/run.json` keeps each stage's wall seconds over every attempt; `wall_s` in the report is their sum up to the
 report stage (which cannot time itself).
 
-The eval stage decodes as RL's own held-out evaluation does (rl.eval_temperature, eval_samples, eval_limit and the
-RL response budgets) and adds what rl/eval.json does not keep: every sample, its verdict, and runtime, memory and
-maintainability. Its pass@1 can still differ from rl/eval.json's a little (`algoforge eval` also stops a response
-at <|endoftext|>, and pads prompts to other lengths); the report's pass@1 table takes rl/eval.json's. Left out
-here: other benchmarks and modes (`algoforge eval --workdir D ...` writes under D/eval, and
-`algoforge report --workdir D` adds them to the report).
+The eval stage is the run's one held-out evaluation, the same protocol for the SFT pair and the RL pair: it decodes
+as `algoforge rl`'s own before/after evaluation would (rl.eval_temperature, eval_samples, eval_limit and the RL
+response budgets), which the pipeline turns off (`rl.evaluate`) rather than evaluate each pair twice, and keeps
+every sample, its verdict, and runtime, memory and maintainability. Left out here: other benchmarks and modes
+(`algoforge eval --workdir D ...` writes under D/eval, and `algoforge report --workdir D` adds them to the report).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -60,9 +60,7 @@ def _done(workdir: Path, stage: str) -> bool:
     if stage.startswith("sft-"):
         return (workdir / stage / "model").exists()
     if stage == "rl":
-        eval_json = workdir / "rl" / "eval.json"
-        return all((workdir / "rl" / a / "model").exists() for a in config_lib.AGENTS) and eval_json.exists() \
-            and "after" in json.loads(eval_json.read_text())
+        return all((workdir / "rl" / a / "model").exists() for a in config_lib.AGENTS)
     if stage == "eval":
         return all((eval_dir(workdir, pair) / "summary.json").exists() for pair in EVALUATED)
     return (workdir / "report.json").exists()
@@ -84,7 +82,7 @@ def _run_stage(cfg: config_lib.Config, workdir: Path, stage: str) -> int:
     if stage == "rl":
         from algoforge_jax.rl.loop import run_rl
 
-        return run_rl(cfg, workdir)
+        return run_rl(dataclasses.replace(cfg, rl=dataclasses.replace(cfg.rl, evaluate=False)), workdir)
     if stage == "eval":
         pending = [pair for pair in EVALUATED if not (eval_dir(workdir, pair) / "summary.json").exists()]
         return next((code for code in (evaluate_pair(cfg, workdir, pair) for pair in pending) if code), 0)

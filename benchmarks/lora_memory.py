@@ -45,11 +45,13 @@ def bench_config(name: str, rank: int):
     from algoforge_jax.sharding import MeshConfig
 
     lora = LoRAConfig(rank=rank)
-    if name == "tiny":  # configs/tiny.py: no KL term
-        tiny = ModelConfig(vocab_size=1024, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
-                           num_kv_heads=2)
-        cfg = Config(model=tiny, mesh=MeshConfig(fsdp=1), lora=lora)
-        shape = RolloutShape(8, 4, 4, 64, 64, 128, 96, micro_batch=128, kl=False)
+    if name == "tiny":  # configs/tiny.py's model and RL sizes (no KL term), both agents from one start
+        from algoforge_jax import config as config_lib
+
+        tiny = config_lib.load(Path(__file__).resolve().parents[1] / "configs" / "tiny.py")
+        cfg = dataclasses.replace(tiny, mesh=MeshConfig(fsdp=1), lora=lora,
+                                  rl=dataclasses.replace(tiny.rl, lora=LoRAConfig()))
+        shape = RolloutShape.from_config(cfg)
     else:
         model = ModelConfig(preset="qwen2.5-1.5b", dtype="bfloat16", param_dtype="float32")
         cfg = Config(model=model, mesh=MeshConfig(fsdp=1), lora=lora)

@@ -23,6 +23,8 @@ def test_tiny_config_loads_and_builds_a_small_qwen2():
     # two instances of one config; plans are shorter than programs, so the Planner's rows are too
     assert dataclasses.replace(cfg.planner, seq_len=0) == cfg.coder == config_lib.AgentConfig()
     assert cfg.seq_len("planner") < cfg.seq_len("coder") == cfg.data.seq_len
+    # SFT trains every weight of the from-scratch models; RL trains adapters on them
+    assert cfg.lora.rank == 0 and cfg.rl_lora().rank > 0
 
 
 def test_set_coerces_to_the_field_type():

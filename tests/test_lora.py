@@ -108,6 +108,16 @@ def test_bad_lora_settings_are_one_line_errors(key, value, match):
         config_lib.override(config_lib.Config(), key, value)
 
 
+def test_rl_lora_adapts_rl_alone():
+    """`rl.lora` is RL's own adapters: SFT trains every weight, RL adapters; `lora` adapts both; not both at once."""
+    cfg = config_lib.override(config_lib.Config(), "rl.lora.rank", "8")
+    assert cfg.lora.rank == 0 and cfg.rl_lora().rank == 8
+    both = config_lib.override(config_lib.Config(), "lora.rank", "4")
+    assert both.rl_lora().rank == 4
+    with pytest.raises(UserError, match="rl.lora.rank .8. and lora.rank .4. are both set"):
+        config_lib.validate(config_lib.override(cfg, "lora.rank", "4"))
+
+
 def test_gradients_reach_only_the_adapters(models, mesh):
     """The trainable half is the adapters; a step's gradient flows into both A and B (B alone at step 0, when A's
     gradient is zero through B = 0, so the check uses nonzero B) and the frozen base is not an argument of it."""
@@ -204,7 +214,8 @@ def test_sft_with_adapters_lowers_the_loss_and_trains_only_them(tmp_path):
 
 @pytest.mark.slow  # compiles two samplers, two updates and the reference: minutes on 2 busy cores
 def test_grpo_with_adapters_on_one_shared_base(tmp_path):
-    """`algoforge rl` with --set lora.rank: both agents start from one plain checkpoint, so they share its base;
+    """`algoforge rl` with --set rl.lora.rank (adapters for RL alone): both agents start from one plain checkpoint,
+    so they share its base;
     the KL reference is that base. Two steps run with finite losses and KL, and each agent's saved model is the
     untouched base plus its own changed adapters."""
     from test_rl import MODEL
@@ -223,7 +234,7 @@ def test_grpo_with_adapters_on_one_shared_base(tmp_path):
                   grpo=grpo.GRPOConfig(kl_coef=0.04, num_iterations=2), problems=str(data.problems["train"]),
                   eval_problems=str(data.problems["heldout"]), eval_limit=1, checkpoint_every=2)
     cfg = Config(model=ModelConfig(**MODEL), mesh=sharding.MeshConfig(fsdp=2, tensor=4), rl=rl)
-    cfg = config_lib.override(cfg, "lora.rank", "4")
+    cfg = config_lib.override(cfg, "rl.lora.rank", "4")
     assert run_rl(cfg, tmp_path / "w", planner=str(path), coder=str(path)) == 0
     rows = [json.loads(line) for line in (tmp_path / "w" / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
@@ -410,3 +421,21 @@ def test_memory_benchmark_prints_the_ratio(capsys):
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny"))
     full, adapted, ratio = (cell.strip("* x") for cell in row.split("|")[3:6])
     assert float(full) > float(adapted) > 0 and float(ratio) == pytest.approx(float(full) / float(adapted), 0.01)
+
+
+def test_rl_only_adapters_budget_two_bases_in_rl_and_none_in_sft():
+    """With `rl.lora` SFT trains every weight (no base item) and RL holds both SFT models as frozen bases."""
+    from test_configs import _tiny
+
+    from algoforge_jax import memory
+
+    cfg = config_lib.override(_tiny(fsdp=4, tensor=2), "rl.lora.rank", "4")
+    hardware = memory.Hardware("cpu", 8, 10**9)
+    sft = {item: b for _, item, b in memory.memory_budget(cfg, hardware).items}
+    shape = memory.RolloutShape.from_config(cfg)
+    rl = {item: b for _, item, b in memory.memory_budget(cfg, hardware, shape).items}
+    both = config_lib.override(_tiny(fsdp=4, tensor=2), "lora.rank", "4")
+    shared = {item: b for _, item, b in memory.memory_budget(both, hardware, shape).items}
+    assert not any("base" in item for item in sft) and "params x1 (float32)" in sft
+    assert rl["frozen bases x2 (the two SFT models) (float32)"] == 2 * shared["frozen base x1, shared (float32)"]
+    assert rl["adapters x2 (float32)"] == shared["adapters x2 (float32)"]

@@ -12,7 +12,7 @@ from matplotlib import image
 from algoforge_jax import cli
 from algoforge_jax.errors import UserError
 from algoforge_jax.jsonl import jsonl_text
-from algoforge_jax.report import build_report, model_stage, pick_examples, write_report
+from algoforge_jax.report import build_report, heldout_change, model_stage, pick_examples, write_report
 from eval.metrics import summarize
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -142,3 +142,33 @@ def test_a_foreign_summary_is_a_one_line_error(run_dir, capsys):
     assert cli.main(["report", "--workdir", str(run_dir / "nowhere")]) == 2
     assert capsys.readouterr().err.strip() == f"algoforge report: error: --workdir {run_dir / 'nowhere'}: no such " \
                                               "directory"
+
+
+def test_heldout_change_counts_problems_gained_and_lost_with_a_sign_test(run_dir):
+    """9 problems changed, 8 for the better: p = 2 (C(9,0) + C(9,1)) / 2^9; unchanged problems do not count."""
+    before, after = [1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1], [1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1]
+    ev = {when: {"pass_at_1": sum(v) / len(v), "solved_any": sum(v) / len(v), "problems": len(v),
+                 "samples_per_problem": 1, "temperature": 0.0, "per_problem": v}
+          for when, v in (("before", before), ("after", after))}
+    (run_dir / "rl" / "eval.json").write_text(json.dumps(ev))
+    report = write_report(run_dir)
+    assert report["heldout_change"] == {"problems": 11, "gained": 8, "lost": 1, "sign_test_p": 20 / 512}
+    assert "RL solves 8 of the 11 problems more often than the SFT pair did and 1 less often" in \
+        (run_dir / "report.md").read_text()
+    assert heldout_change({"a": 0.5, "b": 1.0}, {"a": 0.5, "b": 1.0, "c": 0.0}) == {
+        "problems": 2, "gained": 0, "lost": 0, "sign_test_p": 1.0}
+
+
+def test_without_rl_eval_the_change_comes_from_the_eval_stage_results(run_dir):
+    """`algoforge run` writes no rl/eval.json: the eval stage's two held-out evaluations give pass@1 and the change
+    (in the fixture the SFT pair fails both problems and the RL pair passes the first: one problem gained)."""
+    (run_dir / "rl" / "eval.json").unlink()
+    report = write_report(run_dir)
+    assert report["pass@1"]["synthetic-heldout"]["planner-coder"] == {"sft": 0.0, "rl": 0.5}
+    assert report["heldout_change"] == {"problems": 2, "gained": 1, "lost": 0, "sign_test_p": 1.0}
+
+
+def test_an_rl_eval_without_per_problem_results_has_no_change_line(run_dir):
+    report = write_report(run_dir)  # the fixture's eval.json predates per_problem
+    assert report["heldout_change"] is None
+    assert "more often than the SFT pair" not in (run_dir / "report.md").read_text()

@@ -29,14 +29,18 @@ def test_pipeline_writes_the_report_and_a_rerun_skips_every_stage(tmp_path):
     first = _run(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     for path in ("data/problems/heldout.jsonl", "sft-planner/model", "sft-coder/model", "sft-planner/metrics.jsonl",
-                 "rl/planner/model", "rl/coder/model", "rl/metrics.jsonl", "rl/eval.json", "report.md",
+                 "rl/planner/model", "rl/coder/model", "rl/metrics.jsonl", "report.md",
                  "eval/synthetic-heldout/planner-coder/sft/summary.json",
                  "eval/synthetic-heldout/planner-coder/rl/samples.jsonl"):
         assert (tmp_path / path).exists(), path
+    assert not (tmp_path / "rl" / "eval.json").exists()  # one held-out evaluation a pair: the eval stage's
     report = json.loads((tmp_path / "report.json").read_text())
-    evaluation = json.loads((tmp_path / "rl" / "eval.json").read_text())
+    summaries = {pair: json.loads((tmp_path / f"eval/synthetic-heldout/planner-coder/{pair}/summary.json").read_text())
+                 for pair in ("sft", "rl")}
     scores = report["pass@1"]["synthetic-heldout"]["planner-coder"]
-    assert scores == {"sft": evaluation["before"]["pass_at_1"], "rl": evaluation["after"]["pass_at_1"]}
+    assert scores == {pair: summary["pass@1"] for pair, summary in summaries.items()}
+    change = report["heldout_change"]
+    assert change["problems"] == 4 and change["gained"] - change["lost"] == round(4 * (scores["rl"] - scores["sft"]))
     stages = json.loads((tmp_path / "run.json").read_text())["stage_seconds"]
     assert set(stages) == {"data", "sft-planner", "sft-coder", "rl", "eval", "report"}
     assert report["plots"] == {"sft": "sft_loss.png", "rl": "rl_curves.png"}

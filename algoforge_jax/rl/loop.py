@@ -21,8 +21,10 @@ bit-identical with and without it (tests/test_rl.py).
 SIGTERM (a preempting scheduler) is honoured between steps: the step in flight finishes, a checkpoint is written
 and the command exits with 143; rerunning it resumes.
 
-With `lora.rank` > 0 each agent trains adapters on a frozen base, one base on the device when both agents have
-the same (`checkpoints.load_sharing_base`), and an agent's reference is its base with the adapters off.
+With adapters (`Config.rl_lora`: `rl.lora`, else `lora`) each agent trains them on a frozen base, one base on the
+device when both agents have the same (`checkpoints.load_sharing_base`), and an agent's reference is its base with
+the adapters off. `rl.lora` puts fresh adapters on fully fine-tuned SFT models (the tiny default's way: its models
+are trained from scratch, so SFT must train every weight); `lora` continues the SFT stage's own adapters.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def heldout_pass_rate(planner: Policy, coder: Policy, chat: Chat, problems: Sequ
                       temperature: float = 0.0, samples: int = 1, seed: int = 0) -> dict[str, float]:
     """Pass@1 of the Planner -> Coder pair: each problem gets `samples` plans (1 when greedy), one program per plan,
     judged; pass@1 = the fraction of (problem, chain) that pass, i.e. the mean over problems of each problem's pass
-    fraction. Two sampler calls in all. `temperature` 0 decodes greedily (deterministic), else samples."""
+    fraction (kept too, as `per_problem`, so two evaluations can be compared problem by problem). Two sampler calls
+    in all. `temperature` 0 decodes greedily (deterministic), else samples."""
     n = 1 if temperature == 0 else samples
     P = len(problems)
     plans, _ = sample_groups(planner, [chat.prompt_ids(chat.planner_messages(p)) for p in problems], (P, n),
@@ -78,7 +81,7 @@ def heldout_pass_rate(planner: Policy, coder: Policy, chat: Chat, problems: Sequ
     jobs = [(problems[p], program_for(problems[p], code.texts[p, i, 0])) for p, i in np.ndindex(P, n)]
     passed_Pn = np.array([j.passed for j in judge(jobs)]).reshape(P, n)
     return {"pass_at_1": float(passed_Pn.mean()), "solved_any": float(passed_Pn.any(1).mean()), "problems": P,
-            "samples_per_problem": n, "temperature": temperature}
+            "samples_per_problem": n, "temperature": temperature, "per_problem": passed_Pn.mean(1).tolist()}
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -191,7 +194,8 @@ def step_seed(seed: int, step: int) -> int:
 
 
 def run_rl(cfg: Config, workdir, planner: str | None = None, coder: str | None = None) -> int:
-    """Trains both agents to `cfg.rl.steps` (resuming from D/rl/checkpoints), evaluates before and after."""
+    """Trains both agents to `cfg.rl.steps` (resuming from D/rl/checkpoints), evaluates before and after (unless
+    `rl.evaluate` is off)."""
     workdir = Path(workdir)
     out = workdir / "rl"
     inits = {"planner": Path(planner or workdir / "sft-planner" / "model"),
@@ -210,7 +214,7 @@ def run_rl(cfg: Config, workdir, planner: str | None = None, coder: str | None =
     eval_problems = load_problems(cfg.rl.eval_problems, "heldout", workdir)
     eval_problems = eval_problems[: cfg.rl.eval_limit or None]
     order = ProblemOrder(len(train_problems), cfg.rl.problems_per_step, cfg.rl.seed)
-    models = checkpoints.load_sharing_base(inits, mesh, sharding.TRAIN_RULES, cfg.lora, cfg.model.seed,
+    models = checkpoints.load_sharing_base(inits, mesh, sharding.TRAIN_RULES, cfg.rl_lora(), cfg.model.seed,
                                            dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
                                            remat=cfg.model.remat)
     built = {name: make_agent(cfg, name, inits[name], tokenizer, mesh, models.pop(name)) for name in AGENTS}
@@ -219,7 +223,7 @@ def run_rl(cfg: Config, workdir, planner: str | None = None, coder: str | None =
     with StateCheckpoints(out / "checkpoints", cfg.rl.keep_checkpoints) as ckpts, \
             Sandbox(workers=cfg.rl.sandbox_workers, stop_at_first_failure=False) as sandbox, Preemption() as preempt:
         report = _read_eval(out)
-        if "before" not in report:  # of the starting models, so before any restore
+        if cfg.rl.evaluate and "before" not in report:  # of the starting models, so before any restore
             report["before"] = _evaluate(cfg.rl, agents, state, chat, eval_problems, sandbox.judge, mesh)
             _write_eval(out, report, "before")
         start = ckpts.latest_step() or 0
@@ -235,7 +239,7 @@ def run_rl(cfg: Config, workdir, planner: str | None = None, coder: str | None =
             writer.close()
         if code:
             return code
-        if "after" not in report:
+        if cfg.rl.evaluate and "after" not in report:
             report["after"] = _evaluate(cfg.rl, agents, state, chat, eval_problems, sandbox.judge, mesh)
             _write_eval(out, report, "after")
     for name, agent in agents.items():
