@@ -28,6 +28,7 @@ from pathlib import Path
 
 from algoforge_jax.errors import UserError
 from algoforge_jax.jsonl import read_jsonl
+from eval.metrics import task_counts
 
 HELDOUT, MODE = "synthetic-heldout", "planner-coder"
 AGENTS = ("planner", "coder")
@@ -233,10 +234,8 @@ def heldout_change(before: dict[str, float], after: dict[str, float]) -> dict:
 
 def _per_problem(evaluation: dict) -> dict[str, float]:
     """task_id -> fraction of its samples that pass, from an evaluation's results.jsonl."""
-    passed: dict[str, list[bool]] = {}
-    for _, row in read_jsonl(Path(evaluation["dir"]) / "results.jsonl"):
-        passed.setdefault(row["task_id"], []).append(row["verdict"] == "PASS")
-    return {task: sum(v) / len(v) for task, v in passed.items()}
+    counts = task_counts(row for _, row in read_jsonl(Path(evaluation["dir"]) / "results.jsonl"))
+    return {task: c / n for task, (n, c) in counts.items()}
 
 
 def heldout_change_of_run(rl_eval: dict | None, evaluations: list[dict]) -> dict | None:
@@ -266,9 +265,10 @@ def build_report(workdir: Path) -> dict:
         ("rl", "rl_curves.png", plot_rl(rl, rl_eval, workdir / "rl_curves.png"))) if drawn}
     final = {f"sft-{a}": rows[-1] for a, rows in sft.items() if rows} | ({"rl": rl[-1]} if rl else {})
     return {"pass@1": pass_at_1_table(rl_eval, evaluations), "wall_s": round(sum(timings.values()), 3),
-            "stage_seconds": timings, "evaluation": rl_eval, "heldout_change": heldout_change_of_run(rl_eval, evaluations),
-            "evaluations": [_detail(e) for e in evaluations],
-            "final_metrics": final, "plots": plots, "examples": examples(workdir, evaluations)}
+            "stage_seconds": timings, "evaluation": rl_eval,
+            "heldout_change": heldout_change_of_run(rl_eval, evaluations),
+            "evaluations": [_detail(e) for e in evaluations], "final_metrics": final, "plots": plots,
+            "examples": examples(workdir, evaluations)}
 
 
 def write_report(workdir: Path) -> dict:

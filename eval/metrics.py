@@ -62,12 +62,18 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return round(float(np.mean(values)), 4) if values else None
 
 
-def summarize(results: Sequence[Mapping[str, Any]], ks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
-    """Summary JSON of judged samples: pass@k (k <= n only), verdict counts, runtime, memory, maintainability."""
+def task_counts(results: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
+    """{task_id: (samples, passing samples)} of judged samples, tasks in first-seen order."""
     counts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for r in results:
         counts[r["task_id"]][0] += 1
         counts[r["task_id"]][1] += bool(r["passed"])
+    return {t: (n, c) for t, (n, c) in counts.items()}
+
+
+def summarize(results: Sequence[Mapping[str, Any]], ks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
+    """Summary JSON of judged samples: pass@k (k <= n only), verdict counts, runtime, memory, maintainability."""
+    counts = task_counts(results)
     verdicts = collections.Counter(r["verdict"] for r in results)
     passing = [r for r in results if r["passed"]]
     mi = [(maintainability_index(r["program"]), r["passed"]) for r in results if r.get("program")]
@@ -77,7 +83,7 @@ def summarize(results: Sequence[Mapping[str, Any]], ks: Sequence[int] = (1, 5, 1
         "n_tasks": len(counts),
         "n_samples": len(results),
         "samples_per_task": {"min": min(n_per_task, default=0), "max": max(n_per_task, default=0)},
-        **mean_pass_at_k({t: (n, c) for t, (n, c) in counts.items()}, ks),
+        **mean_pass_at_k(counts, ks),
         "verdicts": {v.value: verdicts.get(v.value, 0) for v in Verdict},
         "passing_mean_time_s": _mean(r["time_s"] for r in passing),
         "passing_mean_peak_mem_mb": _mean(r["peak_mem_mb"] for r in passing),
