@@ -97,13 +97,14 @@ def read_evaluations(workdir: Path) -> list[dict]:
 
 
 def pass_at_1_table(rl_eval: dict | None, evaluations: list[dict]) -> dict:
-    """{benchmark: {mode: {stage: pass@1}}}: the summaries' pass@1, then rl/eval.json's held-out cell on top."""
+    """{benchmark: {mode: {stage: pass@1}}}: the summaries' pass@1, then rl/eval.json's held-out cell on top when
+    it holds both numbers (before and after RL) or the summaries have no such cell: one protocol per cell."""
     table: dict = {}
     for e in evaluations:
         if "pass@1" in e:
             table.setdefault(e["benchmark"], {}).setdefault(e["mode"], {})[e["stage"]] = e["pass@1"]
-    if rl_eval:
-        cell = table.setdefault(HELDOUT, {}).setdefault(MODE, {})
+    cell = table.setdefault(HELDOUT, {}).setdefault(MODE, {}) if rl_eval else None
+    if rl_eval and ("after" in rl_eval or not cell):  # a lone "before" (RL cut short) never sits beside eval's
         cell.update({stage: rl_eval[when]["pass_at_1"] for stage, when in (("sft", "before"), ("rl", "after"))
                      if when in rl_eval})
     return table

@@ -111,6 +111,12 @@ def test_examples_show_the_rl_pairs_plan_program_and_verdicts(run_dir):
     assert "def solve(s):\n    return s" in md and "1. Reverse s." in md
 
 
+def test_a_cut_short_rl_evaluation_does_not_mix_into_the_eval_stages_cell(run_dir):
+    _write(run_dir / "rl" / "eval.json", json.dumps({"before": {"pass_at_1": 0.9}}))  # RL stopped before "after"
+    report = build_report(run_dir)
+    assert report["pass@1"]["synthetic-heldout"]["planner-coder"] == {"sft": 0.0, "rl": 0.5}
+
+
 def test_missing_files_are_left_out_and_said(tmp_path):
     _write(tmp_path / "rl" / "eval.json", json.dumps({"before": {"pass_at_1": 0.5}}))
     report = write_report(tmp_path)
