@@ -82,6 +82,7 @@ class DataConfig:
     batch_size: int = 16  # rows per optimizer step (the whole accumulated batch)
     eval_batches: int = 2  # batches of held-out rows averaged for the held-out loss
     seed: int = 0  # data order seed (epochs are reshuffled from it)
+    pack: bool = False  # SFT: several examples a row (attention and positions kept per example), fewer pad tokens
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,7 +39,9 @@ def agent_batches(cfg: config_lib.Config, agent: str, workdir=None):
     tokenizer, tokenizer_dir = _tokenizer(agent_cfg)
     if not agent_cfg.init:
         _check_vocab(cfg, tokenizer, f"the tokenizer of {agent_cfg.tokenizer or 'bytes (the fallback)'}")
-    render = lambda path: render_examples(read_rows(path, agent), agent, tokenizer, cfg.seq_len(agent))  # noqa: E731
+    def render(path):
+        return render_examples(read_rows(path, agent), agent, tokenizer, cfg.seq_len(agent), pack=cfg.data.pack)
+
     batches = ArrayBatches(render(agent_cfg.train_data), cfg.data.batch_size, cfg.data.seed)
     held_out = []
     if agent_cfg.eval_data:
@@ -66,7 +68,7 @@ def embedded_batches(cfg: config_lib.Config, agent: str, data_dir: Path):
     data = build_embedded(data_dir)
     tokenizer = SentencePieceTokenizer(data.tokenizer_dir / SENTENCEPIECE_FILE)
     _check_vocab(cfg, tokenizer, "the embedded default's tokenizer")
-    spec = BatchSpec(cfg.data.batch_size, cfg.seq_len(agent), cfg.data.seed, compact=True)
+    spec = BatchSpec(cfg.data.batch_size, cfg.seq_len(agent), cfg.data.seed, compact=True, pack=cfg.data.pack)
     batches = sft_batches(open_split(data.tfds[agent], "train"), tokenizer, agent, spec)
     fixed = sft_batches(open_split(data.tfds[agent], "heldout"), tokenizer, agent, spec)
     held_out = [next(fixed) for _ in range(cfg.data.eval_batches)]

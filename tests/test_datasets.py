@@ -99,6 +99,29 @@ def test_batches_have_fixed_shapes_and_the_answer_masked(built):
             assert tok.decode(tokens[mask == 1]) in answers
 
 
+def test_packed_batches_hold_whole_answers_per_segment_and_resume(built):
+    rows, _, tok = built
+    spec = datasets.BatchSpec(batch_size=2, seq_len=384, seed=3, compact=True, pack=True)
+    it, batches = _batches(built, 6, spec)
+    answers = {agent_answer("coder", r) + "<|im_end|>" for r in rows["train"]}
+    segments = 0
+    for b in batches:
+        assert {k: (v.shape, v.dtype) for k, v in b.items()} == {
+            "tokens": ((2, 384), np.int32), "loss_mask": ((2, 384), np.int32), "valid": ((2, 384), np.bool_),
+            "segment_ids": ((2, 384), np.int32)}
+        assert (b["valid"] == (b["segment_ids"] > 0)).all() and (b["tokens"][~b["valid"]] == tok.pad_id).all()
+        for tokens, mask, seg in zip(b["tokens"], b["loss_mask"], b["segment_ids"]):
+            for k in range(1, seg.max() + 1):  # each segment: one example, its answer whole
+                assert tok.decode(tokens[(seg == k) & (mask == 1)]) in answers
+                segments += 1
+    assert segments >= 2 * len(batches) * 2  # at 384 tokens, at least two ~110-token examples a row
+    state = it.get_state()
+    _, more = _batches(built, 2, spec, state=state)
+    _, again = _batches(built, 8, spec)
+    for a, b in zip(more, again[6:]):
+        assert all((a[k] == b[k]).all() for k in a)
+
+
 def test_iterator_state_resumes_the_identical_batches(built):
     spec = datasets.BatchSpec(batch_size=3, seq_len=192, seed=11, compact=True)
     it, first = _batches(built, 4, spec)

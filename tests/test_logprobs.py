@@ -124,3 +124,25 @@ def test_head_memory_full_computation_for_comparison():
     full = head_temp_bytes(None)
     print(f"log-prob head, fwd+bwd, qwen2.5-7b B=8 T=4096 fp32, unchunked: {full / 2**30:.2f} GiB temporary")
     assert full >= FULL_LOGITS_BYTES
+
+
+def test_packed_rows_score_each_sequence_as_if_alone(model):
+    # Three sequences of 5, 7 and 4 tokens packed into two rows of 12 (segment ids 1, 2, ...; 0 on padding) get the
+    # log-probs they get one per row: no attention across segments, positions restarting in each.
+    rng = np.random.default_rng(4)
+    seqs = [rng.integers(1, CFG.vocab_size, n).astype(np.int32) for n in (5, 7, 4)]
+    alone = [np.asarray(token_logprobs(model, s[None], np.ones((1, len(s)), bool), chunk_len=8))[0] for s in seqs]
+    tokens_BT, segments_BT = np.zeros((2, 12), np.int32), np.zeros((2, 12), np.int32)
+    tokens_BT[0, :12], segments_BT[0, :12] = np.concatenate(seqs[:2]), [1] * 5 + [2] * 7
+    tokens_BT[1, :4], segments_BT[1, :4] = seqs[2], 1
+    graphdef, params = nnx.split(model)
+    packed = np.asarray(jax.jit(lambda p, t, v, s: sequence_logprobs(nnx.merge(graphdef, p), t, v, 8, s))(
+        params, tokens_BT, segments_BT > 0, segments_BT))
+    np.testing.assert_allclose(packed[0, 1:5], alone[0][1:], atol=1e-5)  # a segment's first token: not scored
+    np.testing.assert_allclose(packed[0, 6:12], alone[1][1:], atol=1e-5)
+    np.testing.assert_allclose(packed[1, 1:4], alone[2][1:], atol=1e-5)
+    # Without the segment ids the second sequence would see the first: the test can tell the difference.
+    unsegmented = np.asarray(token_logprobs(model, tokens_BT, segments_BT > 0, chunk_len=8))
+    assert np.abs(unsegmented[0, 6:12] - alone[1][1:]).max() > 1e-3
+    with pytest.raises(ValueError, match="segment_ids"):  # the sampler's cache holds one sequence a row
+        model.hidden_states(jnp.asarray(tokens_BT), None, object(), jnp.asarray(segments_BT))

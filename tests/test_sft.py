@@ -25,7 +25,7 @@ from algoforge_jax.jsonl import jsonl_text
 from algoforge_jax.models.build import init_model
 from algoforge_jax.data.chat import prompt_ids, row_problem
 from algoforge_jax.data.datasets import read_rows
-from algoforge_jax.train.input import ArrayBatches, ByteTokenizer, ContractBatches, render_examples
+from algoforge_jax.train.input import ArrayBatches, ByteTokenizer, ContractBatches, pack_examples, render_examples
 from algoforge_jax.train.loop import make_trainer, train_sft
 from algoforge_jax.train.metrics import crc32c, _masked_crc
 from algoforge_jax.train.state import init_state
@@ -151,6 +151,33 @@ def test_sharded_step_equals_one_device_step():
     eight, m8 = _one_step(cfg, mesh, params_from=start, batch=batches)
     for a, b in zip(m1, m8):
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_packed_rows_give_the_loss_and_gradients_of_the_examples_one_per_row():
+    examples = random_examples(24, seed=5)
+    packed = pack_examples(examples, pad_id=0)
+    # every example lands whole in one row, in order within its row; rows hold 1-2 examples at this length mix
+    assert packed["valid"].sum() == examples["valid"].sum() and len(packed["tokens"]) < 24
+    assert packed["segment_ids"].max() >= 2 and (packed["valid"] == (packed["segment_ids"] > 0)).all()
+    assert sorted(np.concatenate([r[v] for r, v in zip(packed["tokens"], packed["valid"])]).tolist()) == sorted(
+        np.concatenate([r[v] for r, v in zip(examples["tokens"], examples["valid"])]).tolist())
+    model = init_model(MODEL.qwen2(), one_device_mesh(), sharding.TRAIN_RULES, seed=1)
+    graphdef, params = nnx.split(model)
+    grad = jax.value_and_grad(lambda p, b: loss_sums(graphdef, p, b, 8)[0])
+    (l_packed, g_packed), (l_rows, g_rows) = grad(params, packed), grad(params, examples)
+    np.testing.assert_allclose(l_packed, l_rows, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_packed), jax.tree.leaves(g_rows)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # and the jitted, sharded step takes packed batches: 8 devices equal one
+    batch = {k: v[:8] for k, v in packed.items()}
+    one, m1 = _one_step(tiny_config(**LINEAR), one_device_mesh(), batch=[batch])
+    mesh = sharding.make_mesh(sharding.MeshConfig(fsdp=4, tensor=2))
+    start = jax.device_get(nnx.to_pure_dict(nnx.state(init_model(MODEL.qwen2(), one_device_mesh(),
+                                                                  sharding.TRAIN_RULES, seed=1))))
+    eight, m8 = _one_step(tiny_config(**LINEAR), mesh, params_from=start, batch=[batch])
+    np.testing.assert_allclose(m1[0]["loss"], m8[0]["loss"], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
         np.testing.assert_allclose(a, b, atol=1e-5)
 

@@ -139,6 +139,7 @@ class BatchSpec:
     seed: int = 0  # shuffle order (each epoch reshuffled from it)
     num_epochs: int | None = None  # None: repeat forever
     compact: bool = False  # the prompts' compact wording (the embedded default)
+    pack: bool = False  # several examples a row, with segment_ids (grain's first-fit packing)
     read_threads: int = 2
 
     def __post_init__(self):
@@ -169,7 +170,8 @@ def _pad(example: dict[str, np.ndarray], seq_len: int, pad_id: int) -> dict[str,
 def sft_dataset(source, tokenizer: Tokenizer, agent: str, spec: BatchSpec, process_index: int | None = None,
                 process_count: int | None = None) -> grain.IterDataset:
     """Batches of one process's shard: `tokens` (int32, padded with `pad_id`), `loss_mask` (1 on the assistant
-    tokens the model must predict) and `valid` (bool, False on padding), each [batch_size / process_count, seq_len].
+    tokens the model must predict) and `valid` (bool, False on padding), each [batch_size / process_count, seq_len];
+    with `spec.pack`, rows of several examples and their `segment_ids` (1, 2, ... per example, 0 on padding).
     Process index and count default to JAX's."""
     _check_agent(agent)
     if process_index is None or process_count is None:
@@ -184,8 +186,22 @@ def sft_dataset(source, tokenizer: Tokenizer, agent: str, spec: BatchSpec, proce
     ds = shard.seed(spec.seed).shuffle().repeat(spec.num_epochs).map(encode)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=spec.read_threads, prefetch_buffer_size=64))
     it = it.filter(lambda ex: len(ex["tokens"]) <= spec.seq_len)
-    it = it.map(functools.partial(_pad, seq_len=spec.seq_len, pad_id=tokenizer.pad_id))
-    return it.batch(spec.batch_size // process_count, drop_remainder=True)
+    rows = spec.batch_size // process_count
+    if spec.pack:
+        it = grain.experimental.FirstFitPackIterDataset(
+            it, length_struct={"tokens": spec.seq_len, "loss_mask": spec.seq_len}, num_packing_bins=rows,
+            seed=spec.seed, padding_struct={"tokens": tokenizer.pad_id, "loss_mask": 0})
+        it = it.map(_from_packed)
+    else:
+        it = it.map(functools.partial(_pad, seq_len=spec.seq_len, pad_id=tokenizer.pad_id))
+    return it.batch(rows, drop_remainder=True)
+
+
+def _from_packed(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """grain's packed example (with `<feature>_segment_ids` and `_positions`) in the batch contract."""
+    segment_ids = np.asarray(example["tokens_segment_ids"], np.int32)
+    return {"tokens": np.asarray(example["tokens"], np.int32), "loss_mask": np.asarray(example["loss_mask"], np.int32),
+            "valid": segment_ids > 0, "segment_ids": segment_ids}
 
 
 def _check_some_fit(shard: grain.MapDataset, encode, seq_len: int, probe: int = 64) -> None:

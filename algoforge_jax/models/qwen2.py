@@ -496,15 +496,19 @@ class Qwen2ForCausalLM(nnx.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg)
 
-    def __call__(self, tokens_BT, valid_BT=None, cache: KVCache | None = None):
-        """Returns (logits_BTV in fp32, cache). `valid_BT` is False on padding (left or right)."""
-        hidden_BTD, cache = self.hidden_states(tokens_BT, valid_BT, cache)
+    def __call__(self, tokens_BT, valid_BT=None, cache: KVCache | None = None, segment_ids_BT=None):
+        """Returns (logits_BTV in fp32, cache). `valid_BT` is False on padding (left or right). `segment_ids_BT`
+        (training forwards only, no cache): rows packed with several sequences, numbered 1, 2, ... in order with
+        0 on padding; each attends only within itself and its positions restart at 0."""
+        hidden_BTD, cache = self.hidden_states(tokens_BT, valid_BT, cache, segment_ids_BT)
         return self.logits(hidden_BTD), cache
 
-    def hidden_states(self, tokens_BT, valid_BT=None, cache: KVCache | None = None):
+    def hidden_states(self, tokens_BT, valid_BT=None, cache: KVCache | None = None, segment_ids_BT=None):
         """Final-norm hidden states; callers that only need some positions' logits project those alone."""
-        valid_BT = jnp.ones(tokens_BT.shape, bool) if valid_BT is None else valid_BT.astype(bool)
-        positions_BT, mask_BTS, cache = _positions_and_mask(valid_BT, cache)
+        if valid_BT is None:
+            valid_BT = jnp.ones(tokens_BT.shape, bool) if segment_ids_BT is None else segment_ids_BT > 0
+        valid_BT = valid_BT.astype(bool)
+        positions_BT, mask_BTS, cache = _positions_and_mask(valid_BT, cache, segment_ids_BT)
         # Padding must not reach a real token, whatever id it holds: an out-of-range id is clipped (jnp.take would
         # fill its row with NaN) and padded positions start from zeros, so their keys and values stay finite even
         # if the pad token's own embedding is not (attention weighs them by 0, and 0 x NaN is NaN).
@@ -522,9 +526,20 @@ class Qwen2ForCausalLM(nnx.Module):
         return jnp.einsum("BTD,DV->BTV", hidden_BTD, self.lm_head[...].astype(dt)).astype(jnp.float32)
 
 
-def _positions_and_mask(valid_BT, cache: KVCache | None):
-    """RoPE positions of the new tokens and which keys each may attend to (causal, never padding)."""
+def _positions_and_mask(valid_BT, cache: KVCache | None, segment_ids_BT=None):
+    """RoPE positions of the new tokens and which keys each may attend to (causal, never padding, and with
+    `segment_ids_BT` never another packed sequence of the row)."""
     T = valid_BT.shape[1]
+    if segment_ids_BT is not None:
+        if cache is not None:
+            raise ValueError("segment_ids (packed rows) are for training forwards; a KV cache row holds one sequence")
+        seg_BT = segment_ids_BT.astype(jnp.int32)
+        t_T = jnp.arange(T, dtype=jnp.int32)
+        starts_BT = jnp.concatenate([jnp.ones_like(seg_BT[:, :1], bool), seg_BT[:, 1:] != seg_BT[:, :-1]], axis=1)
+        positions_BT = t_T - jax.lax.cummax(jnp.where(starts_BT, t_T, 0), axis=1)  # steps since the segment began
+        same_BTS = seg_BT[:, :, None] == seg_BT[:, None, :]
+        causal_TS = jnp.tril(jnp.ones((T, T), bool))
+        return positions_BT, causal_TS[None] & same_BTS & valid_BT[:, None, :], None
     offsets_BT = jnp.cumsum(valid_BT, axis=1, dtype=jnp.int32) - 1
     if cache is None:
         positions_BT = jnp.maximum(offsets_BT, 0)

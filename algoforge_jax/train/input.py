@@ -46,9 +46,10 @@ class ByteTokenizer(Tokenizer):
 
 
 def render_examples(rows: list[dict], agent: str, tokenizer: Tokenizer, seq_len: int,
-                    compact: bool = False) -> dict[str, np.ndarray]:
+                    compact: bool = False, pack: bool = False) -> dict[str, np.ndarray]:
     """Rows (`data.datasets.read_rows`) as `chat.sft_example`s -> {tokens, loss_mask, valid} of shape
-    [N, seq_len]; a longer example is an error naming the row (cutting it would drop the end of the answer)."""
+    [N, seq_len]; a longer example is an error naming the row (cutting it would drop the end of the answer).
+    `pack`: several examples a row (`pack_examples`), with `segment_ids`."""
     tokens = np.full((len(rows), seq_len), tokenizer.pad_id, np.int32)
     loss_mask = np.zeros((len(rows), seq_len), np.int32)
     valid = np.zeros((len(rows), seq_len), bool)
@@ -58,7 +59,39 @@ def render_examples(rows: list[dict], agent: str, tokenizer: Tokenizer, seq_len:
             raise UserError(f"row {row['task_id']!r}: its {agent} example is {len(ids)} tokens, longer than "
                             f"seq_len {seq_len}; raise {agent}.seq_len (or data.seq_len)")
         tokens[i, : len(ids)], loss_mask[i, : len(ids)], valid[i, : len(ids)] = ids, mask, True
-    return {"tokens": tokens, "loss_mask": loss_mask, "valid": valid}
+    examples = {"tokens": tokens, "loss_mask": loss_mask, "valid": valid}
+    return pack_examples(examples, tokenizer.pad_id) if pack else examples
+
+
+PACK_WINDOW = 16  # rows still open to examples while packing (first fit among them)
+
+
+def pack_examples(examples: dict[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
+    """Right-padded rows {tokens, loss_mask, valid} [N, T] -> fewer rows of the same width holding several
+    examples each, plus `segment_ids` (1, 2, ... per example in the row, 0 on padding; the model attends within a
+    segment and restarts positions there). Each example goes, in order, to the first of the last PACK_WINDOW rows
+    with room for it, else to a new row; every example lands whole in exactly one row. Deterministic."""
+    tokens, loss_mask, valid = examples["tokens"], examples["loss_mask"], examples["valid"]
+    T, lengths = tokens.shape[1], valid.sum(1)
+    rows: list[list[int]] = []  # example indices of each packed row
+    used: list[int] = []
+    for i, n in enumerate(lengths):
+        row = next((r for r in range(max(0, len(rows) - PACK_WINDOW), len(rows)) if used[r] + n <= T), None)
+        if row is None:
+            rows.append([]), used.append(0)
+            row = len(rows) - 1
+        rows[row].append(i)
+        used[row] += int(n)
+    out = {"tokens": np.full((len(rows), T), pad_id, np.int32), "loss_mask": np.zeros((len(rows), T), np.int32),
+           "valid": np.zeros((len(rows), T), bool), "segment_ids": np.zeros((len(rows), T), np.int32)}
+    for r, members in enumerate(rows):
+        at = 0
+        for segment, i in enumerate(members, 1):
+            n = int(lengths[i])
+            out["tokens"][r, at:at + n], out["loss_mask"][r, at:at + n] = tokens[i, :n], loss_mask[i, :n]
+            out["valid"][r, at:at + n], out["segment_ids"][r, at:at + n] = True, segment
+            at += n
+    return out
 
 
 class ArrayBatches(Iterator[dict]):
@@ -103,7 +136,10 @@ def conform(batch: dict) -> dict[str, np.ndarray]:
     mask = np.asarray(batch["loss_mask"] if "loss_mask" in batch else batch["assistant_mask"])
     tokens = np.asarray(batch["tokens"])
     valid = np.asarray(batch["valid"]) if "valid" in batch else (tokens != 0) | (mask != 0)
-    return {"tokens": tokens.astype(np.int32), "loss_mask": mask.astype(np.int32), "valid": valid.astype(bool)}
+    out = {"tokens": tokens.astype(np.int32), "loss_mask": mask.astype(np.int32), "valid": valid.astype(bool)}
+    if "segment_ids" in batch:  # packed rows
+        out["segment_ids"] = np.asarray(batch["segment_ids"]).astype(np.int32)
+    return out
 
 
 class ContractBatches(Iterator[dict]):

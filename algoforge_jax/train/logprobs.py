@@ -26,9 +26,12 @@ from flax import nnx
 DEFAULT_CHUNK = 256
 
 
-def sequence_logprobs(model, tokens_BT: jax.Array, valid_BT: jax.Array, chunk_len: int = DEFAULT_CHUNK) -> jax.Array:
-    """Traceable form, for use inside a loss: per-token log-probs [B, T] (fp32) of `tokens_BT` under `model`."""
-    hidden_BTD, _ = model.hidden_states(tokens_BT, valid_BT)
+def sequence_logprobs(model, tokens_BT: jax.Array, valid_BT: jax.Array, chunk_len: int = DEFAULT_CHUNK,
+                      segment_ids_BT: jax.Array | None = None) -> jax.Array:
+    """Traceable form, for use inside a loss: per-token log-probs [B, T] (fp32) of `tokens_BT` under `model`.
+    With `segment_ids_BT` (packed rows) the first token of each sequence gets a meaningless value (it is
+    "predicted" from the sequence before it), as the first position's 0 is: the loss mask excludes both."""
+    hidden_BTD, _ = model.hidden_states(tokens_BT, valid_BT, None, segment_ids_BT)
     # Position t predicts token t + 1; the last position predicts nothing (its target is a dummy 0).
     targets_BT = jnp.concatenate([tokens_BT[:, 1:], jnp.zeros_like(tokens_BT[:, :1])], axis=1)
     next_BT = logprobs_from_hidden(model, hidden_BTD, targets_BT, chunk_len)

@@ -24,13 +24,13 @@ from algoforge_jax.models import lora
 from algoforge_jax.train.logprobs import sequence_logprobs
 from algoforge_jax.train.state import TrainState
 
-BATCH_KEYS = ("tokens", "loss_mask", "valid")
+BATCH_KEYS = ("tokens", "loss_mask", "valid")  # + "segment_ids" when rows are packed (`data.pack`)
 
 
 def loss_sums(graphdef, params, batch: dict, chunk_len: int, frozen: dict | None = None):
     """(sum of -log p over loss-mask tokens, number of those tokens) for one batch."""
     model = nnx.merge(graphdef, lora.join(frozen or {}, params))
-    logp_BT = sequence_logprobs(model, batch["tokens"], batch["valid"], chunk_len)
+    logp_BT = sequence_logprobs(model, batch["tokens"], batch["valid"], chunk_len, batch.get("segment_ids"))
     mask_BT = batch["loss_mask"].astype(jnp.float32)
     return -(logp_BT * mask_BT).sum(), mask_BT.sum()
 
@@ -80,7 +80,7 @@ def make_train_step(graphdef, tx, schedule, shardings: TrainState, mesh: Mesh, r
                     chunk_len: int, frozen: dict | None = None):
     """The step `(state, batch) -> (state, metrics)`, jitted with state and batch donated (updated in place) and
     `frozen` passed to every call as it lies (never donated)."""
-    batch_sh = {k: sharding.batch_sharding(mesh, rules) for k in BATCH_KEYS}
+    batch_sh = sharding.batch_sharding(mesh, rules)  # every batch array, whichever keys the batches have
     fn = functools.partial(train_step, graphdef, tx, schedule, accum=accum, chunk_len=chunk_len, mesh=mesh,
                            rules=rules)
     jitted = jax.jit(fn, in_shardings=(shardings, batch_sh, None), out_shardings=(shardings, None),
@@ -91,7 +91,7 @@ def make_train_step(graphdef, tx, schedule, shardings: TrainState, mesh: Mesh, r
 def make_eval_step(graphdef, shardings: TrainState, mesh: Mesh, rules, *, chunk_len: int,
                    frozen: dict | None = None):
     """The `(params, batch) -> (loss sum, token count)` of a held-out batch, jitted."""
-    batch_sh = {k: sharding.batch_sharding(mesh, rules) for k in BATCH_KEYS}
+    batch_sh = sharding.batch_sharding(mesh, rules)
     jitted = jax.jit(lambda params, batch, frozen: loss_sums(graphdef, params, batch, chunk_len, frozen),
                      in_shardings=(shardings.params, batch_sh, None))
     return lambda params, batch: jitted(params, batch, frozen)
