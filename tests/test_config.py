@@ -51,7 +51,7 @@ def test_an_agent_seq_len_overrides_the_data_one():
     ("train.steps.x=3", "'train.steps' is a value, not a group"),
     ("train.steps", "--set 'train.steps': expected key=value"),
     ("train.steps=0", "config train.steps: must be >= 1, got 0"),
-    ("train.grad_accum=3", "data.batch_size (16) must be a multiple of train.grad_accum (3)"),
+    ("train.grad_accum=3", "data.batch_size (8) must be a multiple of train.grad_accum (3)"),
     ("model.preset=qwen9", "config model.preset: unknown 'qwen9'"),
     ("mesh.data=-1", "config mesh: sizes must be positive with at most one -1"),
     ("planner.seq_len=-2", "config planner.seq_len: must be >= 0 (0 = data.seq_len), got -2"),
