@@ -24,8 +24,6 @@ from algoforge_jax.models import lora
 from algoforge_jax.train.logprobs import sequence_logprobs
 from algoforge_jax.train.state import TrainState
 
-BATCH_KEYS = ("tokens", "loss_mask", "valid")  # + "segment_ids" when rows are packed (`data.pack`)
-
 
 def loss_sums(graphdef, params, batch: dict, chunk_len: int, frozen: dict | None = None):
     """(sum of -log p over loss-mask tokens, number of those tokens) for one batch."""
