@@ -1,6 +1,7 @@
 """`algoforge rl` end to end, in subprocesses as a user runs it: a run killed (SIGKILL) after a checkpoint, or
 preempted (SIGTERM) with its training states offloaded to host memory, and rerun with the same command ends where an
-uninterrupted run ends; and the learning claim on the embedded default.
+uninterrupted run ends; rerun with more steps, it trains on and replaces its final results; and the learning claim
+on the embedded default.
 """
 
 import json
@@ -109,6 +110,18 @@ def test_killed_preempted_and_offloaded_runs_match_an_uninterrupted_one(tmp_path
     trained = checkpoints.load_model(whole / "rl" / "planner" / "model", one_device_mesh(), sharding.SAMPLE_RULES)
     assert not np.array_equal(np.asarray(jax.tree.leaves(nnx.state(start))[0]),
                               np.asarray(jax.tree.leaves(nnx.state(trained))[0]))
+
+    # Rerun with more steps: trains on from step 3 and replaces the final models and the "after" evaluation.
+    assert json.loads((whole / "rl" / "eval.json").read_text())["after"]["step"] == 3
+    out = _algoforge(*command[:-1], "--set", "rl.steps=4", "--workdir", str(whole)).communicate(timeout=900)[0]
+    assert "held-out pass@1 after RL" in out, out[-3000:]
+    assert json.loads((whole / "rl" / "eval.json").read_text())["after"]["step"] == 4
+    assert json.loads((whole / "rl" / "models.json").read_text()) == {"step": 4}
+    assert [json.loads(line)["step"] for line in (whole / "rl" / "metrics.jsonl").read_text().splitlines()] == [
+        1, 2, 3, 4]
+    longer = checkpoints.load_model(whole / "rl" / "planner" / "model", one_device_mesh(), sharding.SAMPLE_RULES)
+    assert not all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in
+                   zip(jax.tree.leaves(nnx.state(trained)), jax.tree.leaves(nnx.state(longer))))
 
 
 @pytest.mark.slow
