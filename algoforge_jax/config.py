@@ -83,6 +83,7 @@ class DataConfig:
     eval_batches: int = 2  # batches of held-out rows averaged for the held-out loss
     seed: int = 0  # data order seed (epochs are reshuffled from it)
     pack: bool = False  # SFT: several examples a row (attention and positions kept per example), fewer pad tokens
+    sketches: float = 0.0  # embedded default: constant-free sketch plans per problem added to the Planner's data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +182,8 @@ def validate(cfg: Config) -> Config:
     for key, value in positive.items():
         if value < 1:
             raise UserError(f"config {key}: must be >= 1, got {value}")
+    if cfg.data.sketches < 0:
+        raise UserError(f"config data.sketches: must be >= 0 (sketch plans per problem), got {cfg.data.sketches}")
     for agent in AGENTS:
         if cfg.agent(agent).seq_len < 0:
             raise UserError(f"config {agent}.seq_len: must be >= 0 (0 = data.seq_len), got {cfg.agent(agent).seq_len}")

@@ -70,7 +70,7 @@ def _run_stage(cfg: config_lib.Config, workdir: Path, stage: str) -> int:
     if stage == "data":
         from algoforge_jax.data.embedded import build_embedded
 
-        build_embedded(workdir / "data")
+        build_embedded(workdir / "data", sketches=cfg.data.sketches)
         return 0
     if stage.startswith("sft-"):
         from algoforge_jax.sft import agent_batches

@@ -65,7 +65,7 @@ def embedded_batches(cfg: config_lib.Config, agent: str, data_dir: Path):
     from algoforge_jax.data.embedded import build_embedded
     from algoforge_jax.tokenizer import SENTENCEPIECE_FILE, SentencePieceTokenizer
 
-    data = build_embedded(data_dir)
+    data = build_embedded(data_dir, sketches=cfg.data.sketches)
     tokenizer = SentencePieceTokenizer(data.tokenizer_dir / SENTENCEPIECE_FILE)
     _check_vocab(cfg, tokenizer, "the embedded default's tokenizer")
     spec = BatchSpec(cfg.data.batch_size, cfg.seq_len(agent), cfg.data.seed, compact=True, pack=cfg.data.pack)

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     if args.batch % 2:
         raise SystemExit("--batch must be even (packed rows are half as many)")
     with tempfile.TemporaryDirectory() as tmp:
-        data = build_embedded(args.data or Path(tmp) / "data")
+        data = build_embedded(args.data or Path(tmp) / "data", sketches=None)
         tokenizer = SentencePieceTokenizer(data.tokenizer_dir / SENTENCEPIECE_FILE)
         results = {}
         for name, rows, seq, pack in (("padded (peer)", args.batch, args.seq, False),

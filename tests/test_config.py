@@ -55,6 +55,7 @@ def test_an_agent_seq_len_overrides_the_data_one():
     ("model.preset=qwen9", "config model.preset: unknown 'qwen9'"),
     ("mesh.data=-1", "config mesh: sizes must be positive with at most one -1"),
     ("planner.seq_len=-2", "config planner.seq_len: must be >= 0 (0 = data.seq_len), got -2"),
+    ("data.sketches=-0.5", "config data.sketches: must be >= 0 (sketch plans per problem), got -0.5"),
     ("rl.adam_eps=-1e-3", "config rl.adam_eps: must be >= 0 (0 = train.eps), got -0.001"),
 ])
 def test_bad_overrides_are_one_line_errors(item, message):

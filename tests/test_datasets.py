@@ -180,6 +180,30 @@ def test_build_embedded_writes_everything_once(tmp_path):
     assert model.stat().st_mtime_ns == stamp  # found, not rebuilt
 
 
+def test_sketch_plans_enter_the_planners_dataset_only(tmp_path):
+    data = build_embedded(tmp_path, seed=2, n_train=30, n_heldout=6, vocab_size=400, sketches=1.5)
+    tasks = {t.problem.task_id: t for t in synthetic.read_tasks(data.problems["train"])}
+    rows = datasets.read_rows(data.rows["planner"]["train"], "planner")
+    detailed = [r["task_id"] for r in rows if not synthetic.is_sketch(r["plan"])]
+    sketched = [r for r in rows if synthetic.is_sketch(r["plan"])]
+    assert sorted(detailed) == sorted(tasks)  # every problem keeps its reference plan, once
+    assert all(r["plan"] == tasks[r["task_id"]].plan for r in rows if not synthetic.is_sketch(r["plan"]))
+    per_task = {i: sum(r["task_id"] == i for r in sketched) for i in tasks}
+    assert set(per_task.values()) == {1, 2} and sum(per_task.values()) / len(tasks) == pytest.approx(1.5, abs=0.3)
+    for r in sketched:  # the family's sketch, which names no constant, letter or condition
+        assert r["plan"] == synthetic.SKETCHES[tasks[r["task_id"]].family]
+        assert not any(c.isdigit() or c in "\"<>=%" for c in r["plan"].split("\n", 1)[0][3:])
+    assert [r["task_id"] for r in rows] != [r["task_id"] for r in sorted(rows, key=lambda r: r["task_id"])]
+    coder = datasets.read_rows(data.rows["coder"]["train"], "coder")
+    assert [r["plan"] for r in coder] == [t.plan for t in tasks.values()]  # the Coder's dataset is untouched
+    assert len(datasets.open_split(data.tfds["planner"], "train")) == len(rows)
+    # The setting is recorded: None reads it back, another number is an error naming the file.
+    again = build_embedded(tmp_path, seed=2, n_train=30, n_heldout=6, vocab_size=400, sketches=None)
+    assert datasets.read_rows(again.rows["planner"]["train"], "planner") == rows
+    with pytest.raises(UserError, match=r"build\.json: the data there was built with data\.sketches=1\.5, not 0"):
+        build_embedded(tmp_path, seed=2, n_train=30, n_heldout=6, vocab_size=400, sketches=0.0)
+
+
 def test_a_seq_len_nothing_fits_fails_at_once(built):
     _, tfds_dir, tok = built
     with pytest.raises(UserError, match=r"^seq_len 20 is too short: the shortest of the first 40 examples has \d+"):

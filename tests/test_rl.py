@@ -126,9 +126,7 @@ def test_killed_preempted_and_offloaded_runs_match_an_uninterrupted_one(tmp_path
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("ALGOFORGE_LEARNING_TEST"),
-                    reason="the claim is not reached yet (README), and the whole pipeline takes 12-25 min: "
-                           "set ALGOFORGE_LEARNING_TEST=1 to run it")
-@pytest.mark.xfail(reason="not reached yet: see the README's measured runs", strict=False)
+                    reason="the whole pipeline takes 13-25 min: set ALGOFORGE_LEARNING_TEST=1 to run it")
 def test_rl_raises_the_heldout_pass_rate_of_the_embedded_default(tmp_path):
     """The project's claim, exactly as README command 1 runs it (`algoforge run --config configs/tiny.py`, one CPU
     device, fixed seeds): the pair's greedy held-out pass@1 after RL is clearly above its value after SFT."""

@@ -4,7 +4,9 @@
 
 writes under `out_dir`:
     problems/{train,heldout}.jsonl            the SPEC's generic problems (+ plan, family, difficulty, ops)
-    rows/{planner,coder}-{train,heldout}.jsonl the agents' datasets (the reference plans and code are the data)
+    rows/{planner,coder}-{train,heldout}.jsonl the agents' datasets (the reference plans and code are the data;
+                                               the Planner's plus `sketches` sketch plans per problem)
+    build.json                                 the `sketches` it was built with (a rebuild with others is an error)
     tokenizer/tokenizer.model                  sentencepiece, trained on the train split's rendered chats
     tfds/{planner,coder}/...                   the datasets as TFDS array_record (splits train, heldout)
 Existing files are kept, so a rerun (or a resumed pipeline) redoes nothing. `python -m algoforge_jax.data.embedded
@@ -14,7 +16,9 @@ OUT` builds it and prints the corpus statistics (tokens per statement, plan, cod
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ import numpy as np
 
 from algoforge_jax.data import datasets, synthetic
 from algoforge_jax.data.chat import AGENTS, agent_answer, agent_messages
+from algoforge_jax.errors import UserError
 from algoforge_jax.tokenizer import SENTENCEPIECE_FILE, SentencePieceTokenizer, Tokenizer, train_sentencepiece
 
 VOCAB_SIZE = 1024
@@ -50,19 +55,61 @@ def tokenizer_corpus(rows: list[dict[str, Any]]) -> list[str]:
             for row in rows for agent in AGENTS]
 
 
+def with_sketches(rows: list[dict[str, Any]], tasks: list[synthetic.Task], sketches: float,
+                  seed: int) -> list[dict[str, Any]]:
+    """Planner rows plus `sketches` sketch rows per problem on average (`synthetic.SKETCHES`: the same problem with
+    its family's constant-free plan): floor(sketches) for every problem and one more for a stable-hashed
+    frac(sketches) share of them; then shuffled with `seed`. Each problem keeps its detailed row too."""
+    if sketches <= 0:
+        return rows
+    whole, frac = int(sketches), sketches - int(sketches)
+    out = []
+    for row, task in zip(rows, tasks, strict=True):
+        extra = whole + (_unit_hash(row["task_id"]) < frac)
+        out += [row] + [{**row, "plan": synthetic.SKETCHES[task.family]}] * extra
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def _unit_hash(text: str) -> float:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+
+
+def _sketches_of_build(out: Path, sketches: float | None) -> float:
+    """`out/build.json` records the `sketches` the data was built with: None reads it back (0 for a fresh
+    directory); a different number is an error, since the existing rows would silently stay those of the first
+    build."""
+    path = out / "build.json"
+    built = json.loads(path.read_text())["sketches"] if path.exists() else None
+    if sketches is None:
+        return built or 0.0
+    if built is not None and built != sketches:
+        raise UserError(f"{path}: the data there was built with data.sketches={built}, not {sketches}; use "
+                        f"another workdir, or delete {out} to rebuild it")
+    if built is None:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"sketches": sketches}) + "\n")
+    return sketches
+
+
 def build_embedded(out_dir, seed: int = 0, n_train: int = 2000, n_heldout: int = 200,
-                   vocab_size: int = VOCAB_SIZE) -> EmbeddedData:
-    """Builds (or finds, if already built) the embedded default's data under `out_dir`."""
+                   vocab_size: int = VOCAB_SIZE, sketches: float | None = 0.0) -> EmbeddedData:
+    """Builds (or finds, if already built) the embedded default's data under `out_dir`; `sketches` adds that many
+    sketch plans per problem (on average) to the Planner's dataset (`with_sketches`); None: as built before."""
     out = Path(out_dir)
+    sketches = _sketches_of_build(out, sketches)
     problems = {s: out / "problems" / f"{s}.jsonl" for s in synthetic.SPLITS}
     if not all(p.exists() for p in problems.values()):
         synthetic.write_problems(out / "problems", seed, n_train, n_heldout)
-    rows = {s: datasets.task_rows(synthetic.read_tasks(p)) for s, p in problems.items()}
+    tasks = {s: synthetic.read_tasks(p) for s, p in problems.items()}
+    rows = {s: datasets.task_rows(t) for s, t in tasks.items()}
     paths = {a: {s: out / "rows" / f"{a}-{s}.jsonl" for s in synthetic.SPLITS} for a in AGENTS}
     for agent in AGENTS:
         for split, path in paths[agent].items():
             if not path.exists():
-                datasets.write_rows(path, rows[split], agent)
+                agent_rows = with_sketches(rows[split], tasks[split], sketches, seed) if agent == "planner" else \
+                    rows[split]
+                datasets.write_rows(path, agent_rows, agent)
     tokenizer_dir = out / "tokenizer"
     if not (tokenizer_dir / SENTENCEPIECE_FILE).exists():
         train_sentencepiece(tokenizer_corpus(rows["train"]), tokenizer_dir, vocab_size)

@@ -359,6 +359,26 @@ class DPFamily:
 
 FAMILIES = {f.name: f for f in (ListFamily(), TextFamily(), CountFamily(), SearchFamily(), DPFamily())}
 
+# A second teacher's habit: one-line sketches that name the kind of procedure and none of its constants,
+# conditions or letters. They are correct descriptions (the reference code does what they say), but a Coder must
+# take every detail from the statement. `embedded.build_embedded(sketches=...)` mixes them into the Planner's
+# dataset only (see the README: what collaborative RL has to fix).
+SKETCHES = {
+    "list": "1. Apply the statement's steps to xs in order.\n2. Return the result.",
+    "text": "1. Apply the statement's changes to s in order.\n2. Return the result.",
+    "count": "1. Count the numbers that meet the conditions.\n2. Return the count.",
+    "search": "1. Scan xs for the numbers that meet the conditions.\n2. Return what the statement asks for.",
+    "dp": "1. Build the answer up from small n.\n2. Return the value for n.",
+}
+
+
+def is_sketch(plan: str) -> bool:
+    """Whether `plan` is one of the SKETCHES (as a Planner wrote it: surrounding whitespace ignored)."""
+    return plan.strip() in _SKETCH_TEXTS
+
+
+_SKETCH_TEXTS = frozenset(SKETCHES.values())
+
 
 # ---------------------------------------------------------------- tasks, tests and splits
 

@@ -119,7 +119,8 @@ def load_problems(path: str, split: str, workdir: Path) -> list[Problem]:
 
     if path:
         return list(load_benchmark("jsonl", path))
-    return [t.problem for t in synthetic.read_tasks(embedded.build_embedded(workdir / "data").problems[split])]
+    data = embedded.build_embedded(workdir / "data", sketches=None)
+    return [t.problem for t in synthetic.read_tasks(data.problems[split])]
 
 
 def make_chat(tokenizer: Tokenizer) -> Chat:
