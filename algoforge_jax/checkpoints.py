@@ -14,6 +14,7 @@ devices that keep it. Optimizer state and training metadata are the training loo
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import jax
@@ -56,12 +57,16 @@ def is_orbax_checkpoint(path) -> bool:
     return (Path(path) / "params").is_dir() and (Path(path) / "model_config").is_dir()
 
 
-def save_model(path, model: Qwen2ForCausalLM, tokenizer_dir=None) -> Path:
-    """Writes params and config to `path` (must not exist), then copies tokenizer files beside them."""
+def save_model(path, model: Qwen2ForCausalLM, tokenizer_dir=None, replace: bool = False) -> Path:
+    """Writes params and config to `path` (must not exist, unless `replace`: then the old one is removed first), then
+    copies tokenizer files beside them."""
     path = Path(path).absolute()
     if path.exists():
-        raise UserError(f"{path}: already exists; choose a new checkpoint directory")
-    if jax.process_count() > 1:  # every host has checked before any starts writing
+        if not replace:
+            raise UserError(f"{path}: already exists; choose a new checkpoint directory")
+        if jax.process_index() == 0:
+            shutil.rmtree(path)
+    if jax.process_count() > 1:  # every host has checked (and an old one is gone) before any starts writing
         multihost_utils.sync_global_devices(f"save_model {path}")
     meta = config_to_json(model.config)
     if model.config.lora.rank:  # lets a later load see that two adapted checkpoints share their base

@@ -16,7 +16,6 @@ OUT` builds it and prints the corpus statistics (tokens per statement, plan, cod
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import random
 import sys
@@ -65,14 +64,10 @@ def with_sketches(rows: list[dict[str, Any]], tasks: list[synthetic.Task], sketc
     whole, frac = int(sketches), sketches - int(sketches)
     out = []
     for row, task in zip(rows, tasks, strict=True):
-        extra = whole + (_unit_hash(row["task_id"]) < frac)
+        extra = whole + (synthetic.unit_hash(row["task_id"]) < frac)
         out += [row] + [{**row, "plan": synthetic.SKETCHES[task.family]}] * extra
     random.Random(seed).shuffle(out)
     return out
-
-
-def _unit_hash(text: str) -> float:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
 
 
 def _sketches_of_build(out: Path, sketches: float | None) -> float:

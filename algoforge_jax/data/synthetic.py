@@ -420,10 +420,14 @@ def signature(family: str, ops: tuple[Op, ...]) -> tuple:
     return (family, tuple(kind for kind, _ in ops)) if len(ops) >= 3 else (family, ops)
 
 
+def unit_hash(text: str) -> float:
+    """A stable number in [0, 1) for `text` (sha256; the same in every process and Python version)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+
+
 def split_of(family: str, ops: tuple[Op, ...]) -> str:
     """`heldout` for a stable HELDOUT_SHARE of signatures, `train` for the rest (independent of any seed)."""
-    digest = hashlib.sha256(repr(signature(family, ops)).encode()).digest()
-    return "heldout" if int.from_bytes(digest[:8], "big") / 2**64 < HELDOUT_SHARE else "train"
+    return "heldout" if unit_hash(repr(signature(family, ops))) < HELDOUT_SHARE else "train"
 
 
 @functools.lru_cache(maxsize=4096)

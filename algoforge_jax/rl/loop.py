@@ -4,8 +4,9 @@ Layout under `D/rl/`: `checkpoints/<step>/` ({"planner", "coder"} TrainStates: p
 RNG; and the problem order's position), `metrics.jsonl` + `tb/`, `eval.json` (held-out pass@1 before the first and
 after the last step), and at the end `planner/model` and `coder/model` (`checkpoints.save_model`, tokenizer
 beside; `models.json` names their step). Rerunning the same command resumes from the latest checkpoint and gives
-the run an uninterrupted one would (rerun with a larger `rl.steps`, it trains on and replaces the final models and
-the "after" evaluation): every step's sampling seeds derive from (rl.seed, step), and the sandbox's verdicts are deterministic.
+the run an uninterrupted one would: every step's sampling seeds derive from (rl.seed, step), and the sandbox's
+verdicts are deterministic. Rerun with a larger `rl.steps`, a finished run trains on and replaces the final models
+and the "after" evaluation.
 
 Weights: each agent's TrainState lives in TRAIN_RULES; before each rollout its parameters are resharded to
 SAMPLE_RULES (device to device) and passed to the agent's sampler as arguments, so no sampler program recompiles.
@@ -32,14 +33,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Sequence
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from flax import nnx
 from tqdm import tqdm
 
@@ -248,21 +247,14 @@ def run_rl(cfg: Config, workdir, planner: str | None = None, coder: str | None =
             report["after"] = {**_evaluate(cfg.rl, agents, state, chat, eval_problems, sandbox.judge, mesh),
                                "step": final}
             _write_eval(out, report, "after")
-    saved = out / "models.json"
+    saved = out / "models.json"  # every process writes it (identical), like eval.json, and reads it back alike
     stale = json.loads(saved.read_text()).get("step") != final if saved.exists() else True
     for name, agent in agents.items():
-        model_dir = out / name / "model"
-        if model_dir.exists() and not stale:
-            continue
-        if model_dir.exists():
-            if jax.process_index() == 0:
-                shutil.rmtree(model_dir)
-            if jax.process_count() > 1:  # gone for every host before save_model checks
-                multihost_utils.sync_global_devices(f"rl: replace {model_dir}")
-        params = agent.update.params(to_memory(state[name].params, "device"))
-        checkpoints.save_model(model_dir, nnx.merge(agent.update.graphdef, params),
-                               tokenizer_dir=checkpoints.sidecar_dir(agent.init))
-    if stale and jax.process_index() == 0:
+        if stale or not (out / name / "model").exists():
+            params = agent.update.params(to_memory(state[name].params, "device"))
+            checkpoints.save_model(out / name / "model", nnx.merge(agent.update.graphdef, params),
+                                   tokenizer_dir=checkpoints.sidecar_dir(agent.init), replace=True)
+    if stale:
         saved.write_text(json.dumps({"step": final}) + "\n")
     return 0
 
